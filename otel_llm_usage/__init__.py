@@ -1,0 +1,92 @@
+# SPDX-License-Identifier: Apache-2.0
+"""otel-llm-usage: what your LLM calls cost, who spent it, and a stop before the budget is blown.
+
+    from otel_llm_usage import track, usage_context
+
+    @track(function="live-reply")
+    def reply(anchor_id: str, user_id: str) -> str:
+        with usage_context(anchor=anchor_id, user=user_id):
+            return client.chat.completions.create(...).choices[0].message.content
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .attribution import Attribution, current_attribution, track, usage_context
+from .errors import BudgetExceeded, ConfigError, OtelLLMUsageError
+from .usage import TokenUsage, UsageRecord
+
+
+def record_usage(
+    *,
+    provider: str,
+    model: str,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cached_input_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    operation: str = "chat",
+    function: str | None = None,
+    user: str | None = None,
+    session: str | None = None,
+    anchor: str | None = None,
+) -> UsageRecord:
+    """Record usage that happened outside instrumented code; it is priced, budgeted and exported like a call."""
+    from .runtime import active_runtime
+
+    for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                        ("cached_input_tokens", cached_input_tokens), ("reasoning_tokens", reasoning_tokens)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    runtime = active_runtime()
+    assert runtime is not None
+    attribution = current_attribution(Attribution(function, user, session, anchor))
+    record = UsageRecord(
+        provider=provider,
+        operation=operation,
+        request_model=model,
+        tokens=TokenUsage(input_tokens, output_tokens, cached_input_tokens, 0, reasoning_tokens).clamp(),
+        function=attribution.function,
+        user=runtime.telemetry.labels.hash_user(attribution.user),
+        session=attribution.session,
+        anchor=attribution.anchor,
+        usage_source="manual",
+    )
+    runtime.pipeline.submit(record)
+    return record
+
+
+def get_budget_status() -> list[dict[str, object]]:
+    """Every budget instance with used / limit / utilization (empty until budgets are configured)."""
+    from .runtime import active_runtime
+
+    runtime = active_runtime(create=False)
+    status = getattr(runtime, "budget_status", None) if runtime is not None else None
+    return list(status()) if callable(status) else []
+
+
+def __getattr__(name: str) -> object:
+    # The instrumentor pulls in OpenTelemetry's instrumentation package; import it on demand.
+    if name == "LLMUsageInstrumentor":
+        from .instrumentor import LLMUsageInstrumentor
+
+        return LLMUsageInstrumentor
+    raise AttributeError(name)
+
+
+__all__ = [
+    "Attribution",
+    "BudgetExceeded",
+    "ConfigError",
+    "LLMUsageInstrumentor",
+    "OtelLLMUsageError",
+    "TokenUsage",
+    "UsageRecord",
+    "__version__",
+    "current_attribution",
+    "get_budget_status",
+    "record_usage",
+    "track",
+    "usage_context",
+]

@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One configuration model for the library, the CLI and the rule generator.
+
+Loaded from YAML (``OTEL_LLM_USAGE_CONFIG``, else ``./otel-llm-usage.yaml`` if
+present) with ``OTEL_LLM_USAGE_*`` environment overrides for scalar keys, when
+the instrumentor starts — never at import. Any invalid value raises
+:class:`ConfigError` naming the file, line and key::
+
+    otel-llm-usage.yaml:7: budgets[0].window: Input should be 'hour', 'day', ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._names import ATTRIBUTION_LABELS
+from .budgets.config import BudgetConfig
+from .errors import ConfigError
+from .pricing.models import PricingSettings
+
+__all__ = ["AttributionSettings", "Config", "ConfigError", "load_config"]
+
+ENV_CONFIG = "OTEL_LLM_USAGE_CONFIG"
+DEFAULT_CONFIG_FILE = "otel-llm-usage.yaml"
+ENV_PREFIX = "OTEL_LLM_USAGE_"
+
+_METRIC_LABEL_CHOICES = (*ATTRIBUTION_LABELS,)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttributionSettings(_Strict):
+    metric_labels: tuple[str, ...] = ATTRIBUTION_LABELS
+    max_label_values: int = Field(1000, ge=1, le=1_000_000)
+    max_label_length: int = Field(128, ge=8, le=4096)
+    hash_users: bool = False
+    hash_key: str | None = None
+
+    @field_validator("metric_labels", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("metric_labels")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [x for x in v if x not in _METRIC_LABEL_CHOICES]
+        if bad:
+            raise ValueError(f"unknown label(s) {bad}; choose from {list(_METRIC_LABEL_CHOICES)}")
+        return v
+
+
+class Config(_Strict):
+    capture_content: bool = False
+    capture_content_max_chars: int = Field(4096, ge=0)
+    stream_include_usage: bool = True
+    attribution: AttributionSettings = AttributionSettings()
+    pricing: PricingSettings = PricingSettings()
+    budgets: tuple[BudgetConfig, ...] = ()
+    budget_check_interval: float = Field(60.0, gt=0)
+    ledger: str = "memory://"
+    # Extra endpoint → provider mappings for gateways and proxies, e.g. {"llm-gw.internal": openai}.
+    provider_hosts: dict[str, str] = Field(default_factory=dict)
+    # Where the file came from, for error messages and the CLI; not a user key.
+    source: str | None = Field(None, exclude=True)
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_url(cls, v: str) -> str:
+        if not v.startswith(("memory://", "sqlite://", "redis://", "rediss://")):
+            raise ValueError("must start with memory://, sqlite:///PATH or redis://HOST:PORT/DB")
+        return v
+
+    @field_validator("budgets")
+    @classmethod
+    def _unique_names(cls, v: tuple[BudgetConfig, ...]) -> tuple[BudgetConfig, ...]:
+        seen: set[str] = set()
+        for b in v:
+            if b.name in seen:
+                raise ValueError(f"duplicate budget name {b.name!r}")
+            seen.add(b.name)
+        return v
+
+
+# Scalar keys that make sense as environment overrides: env suffix -> path.
+_ENV_KEYS: dict[str, tuple[str, ...]] = {
+    "CAPTURE_CONTENT": ("capture_content",),
+    "CAPTURE_CONTENT_MAX_CHARS": ("capture_content_max_chars",),
+    "STREAM_INCLUDE_USAGE": ("stream_include_usage",),
+    "LEDGER": ("ledger",),
+    "BUDGET_CHECK_INTERVAL": ("budget_check_interval",),
+    "METRIC_LABELS": ("attribution", "metric_labels"),
+    "MAX_LABEL_VALUES": ("attribution", "max_label_values"),
+    "HASH_USERS": ("attribution", "hash_users"),
+    "HASH_KEY": ("attribution", "hash_key"),
+    "CURRENCY": ("pricing", "currency"),
+}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Load the config file (if any) and apply environment overrides."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get(ENV_CONFIG) or (DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).is_file() else None)
+    data: dict[str, Any] = {}
+    root: yaml.Node | None = None
+    source = None
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config file: {exc.strerror or exc}") from None
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark is not None else source
+            raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}:1: the config file must be a mapping of sections")
+        data = loaded
+
+    env_sources: dict[tuple[str, ...], str] = {}
+    for suffix, key_path in _ENV_KEYS.items():
+        name = ENV_PREFIX + suffix
+        if name in env:
+            target = data
+            for part in key_path[:-1]:
+                target = target.setdefault(part, {}) if isinstance(target.get(part, {}), dict) else {}
+            target[key_path[-1]] = env[name]
+            env_sources[key_path] = name
+    try:
+        return Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, root, env_sources)) from None
+
+
+def _describe(
+    exc: ValidationError,
+    source: str | None,
+    root: yaml.Node | None,
+    env_sources: Mapping[tuple[str, ...], str],
+) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = _dotted(err["loc"])
+        env_name = next((n for p, n in env_sources.items() if loc[: len(p)] == p), None)
+        if env_name is not None:
+            where = f"environment variable {env_name}"
+        else:
+            line = _line_of(root, err["loc"])
+            where = f"{source}:{line}" if source and line else (source or "<defaults>")
+        lines.append(f"{where}: {key}: {err['msg']}")
+    return "invalid otel-llm-usage configuration\n  " + "\n  ".join(lines)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node on ``loc`` that exists."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == part:
+                    line = k.start_mark.line + 1
+                    child = v
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+

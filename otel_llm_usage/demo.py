@@ -1,0 +1,230 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The offline demo: an instrumented app → loopback LLM server → /metrics and a cost table.
+
+Nothing leaves the machine: the loopback server answers with deterministic
+filler text and usage, so the figures printed are reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .attribution import track, usage_context
+from .config import Config
+from .pricing import PricingSettings
+from .usage import UsageRecord
+
+__all__ = ["run_demo"]
+
+FUNCTIONS = ("live-reply", "gift-thanks", "room-summary")
+USERS = ("viewer-1", "viewer-2", "viewer-3", "viewer-4")
+ANCHORS = ("anchor-lin", "anchor-zhao")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_config(budget_cny: float = 0.02) -> Config:
+    return Config.model_validate({
+        "provider_hosts": {"127.0.0.1": "openai"},
+        "pricing": PricingSettings(currency="CNY", exchange_rates={"USD": Decimal("7.1")}),
+        "budgets": [
+            {"name": "demo-daily-total", "window": "day", "timezone": "Asia/Shanghai",
+             "limit": {"cost": budget_cny}, "action": "alert"},
+            {"name": "demo-per-anchor", "per": "anchor", "window": "day", "limit": {"tokens": 400},
+             "action": "alert"},
+        ],
+    })
+
+
+def _traffic(base_url: str, compat_url: str, dashscope_url: str | None, calls: int) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="sk-demo", max_retries=0)
+    compat = openai.OpenAI(base_url=compat_url, api_key="sk-demo", max_retries=0)
+
+    @track(function="live-reply")
+    def live_reply(i: int) -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello " * (i % 7 + 1)}])
+
+    @track(function="gift-thanks")
+    def gift_thanks(i: int) -> None:
+        for _ in client.chat.completions.create(model="gpt-4.1-mini", stream=True,
+                                               messages=[{"role": "user", "content": "thanks for the gift"}]):
+            pass
+
+    @track(function="room-summary")
+    def room_summary(i: int) -> None:
+        client.responses.create(model="gpt-4o", input="summarize the room chat " * 3)
+        client.embeddings.create(model="text-embedding-3-small", input=["room topic", "viewer question"])
+        compat.chat.completions.create(model="qwen-plus", messages=[{"role": "user", "content": "总结 直播间 内容"}])
+
+    for i in range(calls):
+        with usage_context(user=USERS[i % len(USERS)], anchor=ANCHORS[i % len(ANCHORS)], session=f"room-{i % 3}"):
+            (live_reply, gift_thanks, room_summary)[i % 3](i)
+    with usage_context(user="viewer-1", anchor="anchor-lin", function="live-reply"):
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"X-Loopback-Scenario": "status=429"})
+        except openai.RateLimitError:
+            pass  # recorded as an error; the demo app carries on
+
+    async def concurrent() -> None:
+        aclient = openai.AsyncOpenAI(base_url=base_url, api_key="sk-demo", max_retries=0)
+        with usage_context(function="live-reply", anchor="anchor-zhao", user="viewer-2"):
+            await asyncio.gather(*(aclient.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "async hello"}]) for _ in range(5)))
+        await aclient.close()
+
+    asyncio.run(concurrent())
+    if dashscope_url is not None:
+        _dashscope_traffic(dashscope_url)
+
+
+def _dashscope_traffic(dashscope_url: str) -> None:
+    import dashscope
+
+    saved = dashscope.base_http_api_url
+    dashscope.base_http_api_url = dashscope_url
+    try:
+        with usage_context(function="live-reply", anchor="anchor-lin", user="viewer-3"):
+            dashscope.Generation.call(model="qwen-turbo", api_key="sk-demo",
+                                      messages=[{"role": "user", "content": "你好 主播"}], result_format="message")
+            for _ in dashscope.Generation.call(model="qwen-plus", api_key="sk-demo", stream=True,
+                                               incremental_output=True,
+                                               messages=[{"role": "user", "content": "讲个 笑话"}]):
+                pass
+        with usage_context(function="room-summary", anchor="anchor-zhao", user="viewer-4"):
+            client = dashscope.Client(api_key="sk-demo", base_url=dashscope_url, max_retries=0)
+            client.chat.completions.create(model="qwen-max", messages=[{"role": "user", "content": "直播 总结"}])
+    finally:
+        dashscope.base_http_api_url = saved
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:.6f}"
+
+
+def _summary(records: list[UsageRecord], convert: Callable[[Decimal, str, str], Decimal], console: Console) -> None:
+    for key in ("model", "function", "user", "anchor"):
+        rows: dict[str, dict[str, Any]] = defaultdict(
+            lambda: {"calls": 0, "errors": 0, "input": 0, "output": 0, "cny": Decimal(0), "usd": Decimal(0),
+                     "unpriced": 0})
+        for rec in records:
+            row = rows[getattr(rec, key) or "unknown"]
+            row["calls"] += 1
+            row["errors"] += rec.status != "ok"
+            row["input"] += rec.tokens.input_tokens
+            row["output"] += rec.tokens.output_tokens
+            if rec.cost is not None and rec.currency:
+                row["cny"] += convert(rec.cost, rec.currency, "CNY")
+                row["usd"] += convert(rec.cost, rec.currency, "USD")
+            elif rec.status == "ok":
+                row["unpriced"] += 1
+        table = Table(title=f"Cost by {key}", title_justify="left")
+        for col in (key, "calls", "errors", "input tok", "output tok", "cost CNY", "cost USD"):
+            table.add_column(col, justify="left" if col == key else "right", no_wrap=True)
+        for name, row in sorted(rows.items(), key=lambda kv: -kv[1]["cny"]):
+            table.add_row(name, str(row["calls"]), str(row["errors"]), str(row["input"]), str(row["output"]),
+                          _money(row["cny"]), _money(row["usd"]) + (" *" if row["unpriced"] else ""))
+        console.print(table)
+
+
+def _budget_table(status: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="Budgets", title_justify="left")
+    for col in ("budget", "scope", "window", "used", "limit", "unit", "utilization", "state"):
+        table.add_column(col)
+    for b in status:
+        table.add_row(str(b["budget"]), str(b["scope"]), str(b["window"]), str(b["used"]), str(b["limit"]),
+                      str(b["unit"]), f"{float(b['utilization']):.0%}", str(b["state"]))
+    console.print(table)
+
+
+def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Console | None = None) -> int:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from . import get_budget_status
+    from ._bootstrap import start_prometheus_endpoint
+    from .instrumentor import LLMUsageInstrumentor
+    from .testing import LoopbackLLMServer
+
+    # Piped output gets a width that fits the tables rather than rich's 80-column default.
+    console = console or Console(width=None if Console().is_terminal else 110)
+    if not _port_free("127.0.0.1", port):
+        new_port = _free_port()
+        console.print(f"[yellow]port {port} is busy; serving metrics on {new_port} instead[/]")
+        port = new_port
+    server = LoopbackLLMServer()
+    server.start()
+    reader = PrometheusMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader],
+                                   resource=Resource.create({"service.name": "otel-llm-usage-demo"}))
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    start_prometheus_endpoint("127.0.0.1", port)
+    instrumentor = LLMUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, config=demo_config())
+    runtime = instrumentor.runtime
+    assert runtime is not None
+    try:
+        has_dashscope = importlib.util.find_spec("dashscope") is not None
+        started = time.perf_counter()
+        _traffic(server.openai_base_url, server.url + "/compatible-mode/v1",
+                 server.dashscope_base_url if has_dashscope else None, calls)
+        elapsed = time.perf_counter() - started
+        records = runtime.ledger.records()
+        console.print(f"[bold]otel-llm-usage demo[/]: {len(records)} LLM calls against the loopback server "
+                      f"{server.url} in {elapsed:.2f}s, {len(spans.get_finished_spans())} spans"
+                      + ("" if has_dashscope else " (install the [dashscope] extra for the DashScope calls)"))
+        _summary(records, runtime.pricer.stage.convert, console)
+        status = get_budget_status()
+        if status:
+            _budget_table(status, console)
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+        lines = [ln for ln in body.splitlines() if ln.startswith(("llm_usage_requests_total", "llm_budget_"))]
+        console.print(f"[bold]Prometheus metrics[/] at {metrics_url} ({len(body.splitlines())} lines), e.g.:")
+        for line in lines[:6]:
+            console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
+        console.print("Costs marked * include calls to models without a known price (never counted as free).")
+        if serve:
+            console.print(f"Serving {metrics_url} until Ctrl-C …")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        instrumentor.uninstrument()
+        meter_provider.shutdown()
+        server.stop()
+    return 0

@@ -1,0 +1,425 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The one call lifecycle shared by every provider, sync, async and streaming.
+
+    resolve attribution → pre-call budget check → start span → call →
+    normalize usage → finish span → one UsageRecord into the pipeline
+
+Provider modules supply a :class:`ProviderAdapter` that only knows request
+and response *shapes*. Everything here is guarded: the SDK call runs inside
+``except BaseException`` that records and re-raises unchanged, and our own
+work before and after it never raises into the host (``BudgetExceeded`` is
+the single, opt-in exception).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from .. import _names as N
+from .._guard import internal_error
+from ..attribution import Attribution, current_attribution
+from ..errors import BudgetExceeded
+from ..pipeline import CallIntent, Pipeline
+from ..telemetry import LabelPolicy
+from ..usage import TokenUsage, UsageRecord, estimate_tokens
+
+__all__ = ["CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestInfo"]
+
+# Set while an instrumented call is on the stack, so an SDK method that calls
+# another patched method (e.g. a helper calling ``create``) is recorded once.
+_in_call: ContextVar[bool] = ContextVar("otel_llm_usage_in_call", default=False)
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What an adapter reads from a request before it is sent (never content)."""
+
+    provider: str
+    request_model: str | None
+    stream: bool = False
+    server_address: str | None = None
+    server_port: int | None = None
+    user: str | None = None
+    max_output_tokens: int | None = None
+    params: dict[str, Any] | None = None  # temperature, top_p, enable_thinking, ...
+    span_attributes: dict[str, Any] | None = None
+
+
+class ProviderAdapter(Protocol):
+    """Shape knowledge for one SDK surface. All methods may raise; callers guard them."""
+
+    def request_info(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo: ...
+
+    def prepare(self, inv: Invocation, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Return the kwargs to send (may add stream usage options or swap the model)."""
+        ...
+
+    def input_text_size(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:
+        """(latin chars, CJK chars) of the request's input, only for estimating missing usage."""
+        ...
+
+    def is_stream(self, inv: Invocation, result: Any) -> bool: ...
+
+    def read_response(self, inv: Invocation, result: Any) -> None:
+        """Fill usage/model/id/finish reasons; call ``inv.mark_error`` for a *returned* error."""
+        ...
+
+    def on_chunk(self, inv: Invocation, chunk: Any) -> bool:
+        """Update state from one streamed chunk; return False to hide it from the caller."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """One patched SDK method: which adapter reads it and what operation it is."""
+
+    adapter: ProviderAdapter
+    operation: str
+
+
+class Invocation:
+    """One call's state from request to record; finalizes exactly once."""
+
+    __slots__ = (
+        "_args",
+        "_handler",
+        "_kwargs",
+        "_lock",
+        "_started",
+        "adapter",
+        "done",
+        "estimated_output_chars",
+        "first_chunk_at",
+        "kwargs",
+        "record",
+        "span",
+        "stream_usage_injected",
+        "usage_seen",
+    )
+
+    def __init__(self, handler: CallHandler, spec: CallSpec, info: RequestInfo,
+                 args: tuple[Any, ...], kwargs: dict[str, Any], attribution: Attribution) -> None:
+        self._handler = handler
+        self.adapter = spec.adapter
+        self._args = args
+        self._kwargs = kwargs
+        self.kwargs = kwargs
+        self.done = False
+        self._lock = threading.Lock()
+        self.usage_seen = False
+        self.stream_usage_injected = False
+        self.first_chunk_at: float | None = None
+        self.estimated_output_chars = [0, 0]
+        self.record = UsageRecord(
+            provider=info.provider,
+            operation=spec.operation,
+            request_model=info.request_model,
+            streamed=info.stream,
+            server_address=info.server_address,
+            server_port=info.server_port,
+            function=attribution.function,
+            user=attribution.user,
+            session=attribution.session,
+            anchor=attribution.anchor,
+            request_params=info.params or {},
+        )
+        self.span: trace.Span = trace.INVALID_SPAN
+        self._started = 0.0
+
+    # -- phases --------------------------------------------------------------
+    def start_span(self, tracer: Tracer, info: RequestInfo) -> None:
+        rec = self.record
+        attrs: dict[str, Any] = {
+            N.GEN_AI_OPERATION_NAME: rec.operation,
+            N.GEN_AI_PROVIDER_NAME: rec.provider,
+        }
+        if rec.request_model:
+            attrs[N.GEN_AI_REQUEST_MODEL] = rec.request_model
+        if rec.server_address:
+            attrs[N.SERVER_ADDRESS] = rec.server_address
+        if rec.server_port:
+            attrs[N.SERVER_PORT] = rec.server_port
+        if info.stream:
+            attrs[N.GEN_AI_REQUEST_STREAM] = True
+        if info.max_output_tokens is not None:
+            attrs[N.GEN_AI_REQUEST_MAX_TOKENS] = info.max_output_tokens
+        for key, value in ((N.ATTR_FUNCTION, rec.function), (N.ATTR_USER, rec.user),
+                           (N.ATTR_SESSION, rec.session), (N.ATTR_ANCHOR, rec.anchor)):
+            if value is not None:
+                attrs[key] = value
+        if info.span_attributes:
+            attrs.update(info.span_attributes)
+        name = f"{rec.operation} {rec.request_model}" if rec.request_model else rec.operation
+        self.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        self._started = time.perf_counter()
+
+    def on_first_chunk(self) -> None:
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.perf_counter()
+
+    def set_usage(self, tokens: TokenUsage | None) -> None:
+        """Latest reported usage wins: streaming providers report cumulative totals."""
+        if tokens is not None:
+            self.record.tokens = tokens
+            self.record.usage_source = "reported"
+            self.usage_seen = True
+
+    def add_output_text(self, text: str | None) -> None:
+        if text:
+            from ..usage import count_text
+
+            latin, cjk = count_text(text)
+            self.estimated_output_chars[0] += latin
+            self.estimated_output_chars[1] += cjk
+
+    def set_output_text(self, text: str | None) -> None:
+        """For providers that resend the full text in every chunk (non-incremental)."""
+        self.estimated_output_chars = [0, 0]
+        self.add_output_text(text)
+
+    def mark_error(self, error_type: str) -> None:
+        self.record.status = "error"
+        self.record.error_type = error_type
+
+    def finish(self, *, abandoned: bool = False) -> None:
+        if self._claim():
+            self._finalize(abandoned=abandoned)
+
+    def fail(self, exc: BaseException) -> None:
+        if self._claim():
+            self.mark_error(_error_type(exc))
+            try:
+                # Only the type: exception messages can quote request content back.
+                self.span.add_event("exception", {"exception.type": _error_type(exc)})
+            except Exception:  # noqa: BLE001
+                pass
+            self._finalize(abandoned=False)
+
+    # -- internals -----------------------------------------------------------
+    def _claim(self) -> bool:
+        # Finish can race between a consumer thread and the GC of an abandoned stream.
+        with self._lock:
+            if self.done:
+                return False
+            self.done = True
+            return True
+
+    def _finalize(self, *, abandoned: bool) -> None:
+        rec = self.record
+        try:
+            end = time.perf_counter()
+            rec.duration_s = max(0.0, end - self._started)
+            if self.first_chunk_at is not None:
+                rec.ttft_s = max(0.0, self.first_chunk_at - self._started)
+            if not self.usage_seen:
+                self._estimate_usage(sent=rec.status != "error" or abandoned)
+            self._end_span(abandoned)
+        except Exception as exc:  # noqa: BLE001
+            internal_error("finalize", exc)
+            try:
+                self.span.end()
+            except Exception:  # noqa: BLE001
+                pass
+        self._args = ()
+        self._kwargs = {}
+        self.kwargs = {}
+        self._handler.pipeline.submit(rec)
+
+    def _estimate_usage(self, *, sent: bool) -> None:
+        """No usage from the provider: an estimate, never zero, when the request got an answer."""
+        rec = self.record
+        produced = self.estimated_output_chars[0] + self.estimated_output_chars[1] > 0
+        if rec.status == "error" and not produced:
+            rec.usage_source = "none"  # the provider refused it: nothing billed
+            return
+        latin, cjk = self.adapter.input_text_size(self._args, self._kwargs)
+        rec.tokens = TokenUsage(
+            input_tokens=estimate_tokens(latin, cjk),
+            output_tokens=estimate_tokens(*self.estimated_output_chars),
+        )
+        rec.usage_source = "estimated"
+
+    def _end_span(self, abandoned: bool) -> None:
+        span = self.span
+        rec = self.record
+        if not span.is_recording():
+            span.end()
+            return
+        t = rec.tokens
+        attrs: dict[str, Any] = {N.ATTR_USAGE_SOURCE: rec.usage_source}
+        if rec.usage_source != "none":
+            attrs[N.GEN_AI_USAGE_INPUT_TOKENS] = t.input_tokens
+            attrs[N.GEN_AI_USAGE_OUTPUT_TOKENS] = t.output_tokens
+            if t.cached_input_tokens:
+                attrs[N.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = t.cached_input_tokens
+            if t.cache_write_tokens:
+                attrs[N.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = t.cache_write_tokens
+            if t.reasoning_tokens:
+                attrs[N.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = t.reasoning_tokens
+        if rec.response_model:
+            attrs[N.GEN_AI_RESPONSE_MODEL] = rec.response_model
+        if rec.response_id:
+            attrs[N.GEN_AI_RESPONSE_ID] = rec.response_id
+        if rec.finish_reasons:
+            attrs[N.GEN_AI_RESPONSE_FINISH_REASONS] = list(rec.finish_reasons)
+        if rec.ttft_s is not None:
+            attrs[N.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = rec.ttft_s
+        if abandoned:
+            attrs[N.ATTR_STREAM_ABANDONED] = True
+        # Pricing runs in the pipeline after the span ends, so it adds cost via the record;
+        # the handler sets cost attributes before ending when a synchronous pricer is present.
+        cost_attrs = self._handler.price_now(rec)
+        if cost_attrs:
+            attrs.update(cost_attrs)
+        span.set_attributes(attrs)
+        if rec.status == "error":
+            span.set_attribute(N.ERROR_TYPE, rec.error_type or "_OTHER")
+            span.set_status(Status(StatusCode.ERROR, rec.error_type))
+        span.end()
+
+
+def _error_type(exc: BaseException) -> str:
+    return type(exc).__qualname__
+
+
+class CallHandler:
+    """Builds invocations and drives one call through its lifecycle.
+
+    ``call_sync`` and ``call_async`` differ by a single ``await``; streams and
+    raw responses are handed to the proxies in ``streams.py``.
+    """
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        pipeline: Pipeline,
+        labels: LabelPolicy,
+        *,
+        capture_content: bool = False,
+        stream_include_usage: bool = True,
+        pricer: Callable[[UsageRecord], None] | None = None,
+    ) -> None:
+        self.tracer = tracer
+        self.pipeline = pipeline
+        self.labels = labels
+        self.capture_content = capture_content
+        self.stream_include_usage = stream_include_usage
+        self.enabled = True
+        self._pricer = pricer
+
+    def price_now(self, record: UsageRecord) -> dict[str, Any] | None:
+        """Price before the span ends so the span carries the cost; the pricing stage then skips it."""
+        if self._pricer is None:
+            return None
+        self._pricer(record)
+        if record.cost is None:
+            return None
+        return {N.ATTR_COST: float(record.cost), N.ATTR_CURRENCY: record.currency or "unknown"}
+
+    # -- entry points used by the wrappers ---------------------------------------
+    def begin(self, spec: CallSpec, instance: Any, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Invocation | None:
+        """Everything before the SDK call. ``None`` means "pass through untouched"."""
+        if not self.enabled or _in_call.get():
+            return None
+        try:
+            info = spec.adapter.request_info(instance, args, kwargs)
+            explicit = Attribution(user=info.user) if info.user else None
+            attribution = current_attribution(explicit)
+            if attribution.user is not None:
+                attribution = Attribution(attribution.function, self.labels.hash_user(attribution.user),
+                                          attribution.session, attribution.anchor)
+            inv = Invocation(self, spec, info, args, kwargs, attribution)
+        except Exception as exc:  # noqa: BLE001
+            internal_error("request", exc)
+            return None
+        if self.pipeline.has_pre_call:
+            self._pre_call(inv, info, args, kwargs)  # may raise BudgetExceeded
+        try:
+            inv.start_span(self.tracer, info)
+            inv.kwargs = spec.adapter.prepare(inv, kwargs)
+        except Exception as exc:  # noqa: BLE001
+            internal_error("prepare", exc)
+            inv.kwargs = kwargs
+        return inv
+
+    def _pre_call(self, inv: Invocation, info: RequestInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            latin, cjk = inv.adapter.input_text_size(args, kwargs)
+            intent = CallIntent(inv.record, estimate_tokens(latin, cjk), info.max_output_tokens)
+        except Exception as exc:  # noqa: BLE001
+            internal_error("pre_call", exc)
+            return
+        try:
+            new_model = self.pipeline.before_call(intent)
+        except BudgetExceeded as exc:
+            inv.record.status = "blocked"
+            inv.record.error_type = type(exc).__name__
+            inv.record.usage_source = "none"
+            inv.done = True
+            try:
+                inv.start_span(self.tracer, info)
+                inv.span.set_attribute(N.ERROR_TYPE, inv.record.error_type)
+                inv.span.set_status(Status(StatusCode.ERROR, "blocked by budget"))
+                inv.span.end()
+            except Exception as span_exc:  # noqa: BLE001
+                internal_error("blocked_span", span_exc)
+            self.pipeline.submit(inv.record)
+            raise
+        if new_model and new_model != inv.record.request_model:
+            inv.record.request_params["downgraded_from"] = inv.record.request_model
+            inv.record.request_model = new_model
+            kwargs["model"] = new_model
+
+    def finish_result(self, inv: Invocation, result: Any) -> Any:
+        """After a successful SDK call: wrap streams, read responses; never raises."""
+        from .streams import wrap_result
+
+        try:
+            return wrap_result(inv, result)
+        except Exception as exc:  # noqa: BLE001
+            internal_error("response", exc)
+            inv.finish()
+            return result
+
+    def call_sync(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
+                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        inv = self.begin(spec, instance, args, kwargs)
+        if inv is None:
+            return wrapped(*args, **kwargs)
+        token = _in_call.set(True)
+        try:
+            with trace.use_span(inv.span, end_on_exit=False, record_exception=False,
+                                set_status_on_exception=False):
+                result = wrapped(*args, **inv.kwargs)
+        except BaseException as exc:
+            inv.fail(exc)
+            raise
+        finally:
+            _in_call.reset(token)
+        return self.finish_result(inv, result)
+
+    async def call_async(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
+                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        inv = self.begin(spec, instance, args, kwargs)
+        if inv is None:
+            return await wrapped(*args, **kwargs)
+        token = _in_call.set(True)
+        try:
+            with trace.use_span(inv.span, end_on_exit=False, record_exception=False,
+                                set_status_on_exception=False):
+                result = await wrapped(*args, **inv.kwargs)
+        except BaseException as exc:
+            inv.fail(exc)
+            raise
+        finally:
+            _in_call.reset(token)
+        return self.finish_result(inv, result)

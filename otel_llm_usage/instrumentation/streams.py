@@ -1,0 +1,228 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One stream proxy, sync and async, for every provider.
+
+The proxy is transparent (``wrapt.ObjectProxy``): attribute access, ``with``,
+``close()`` and iteration behave as on the SDK object. It feeds each chunk to
+the provider adapter's ``on_chunk`` hook (which may hide a chunk *we* asked
+for, such as OpenAI's injected usage chunk) and finalizes the invocation
+exactly once: on exhaustion, error, ``close()``, context-manager exit, or
+garbage collection of a stream the caller abandoned.
+
+Raw-response objects (``.with_raw_response`` / ``.with_streaming_response``)
+are proxied too: their ``parse()`` result goes through the same path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import wrapt
+
+from .._guard import internal_error
+from .lifecycle import Invocation
+
+__all__ = ["AsyncStreamProxy", "StreamProxy", "wrap_result"]
+
+
+def _on_chunk(inv: Invocation, chunk: Any) -> bool:
+    inv.on_first_chunk()
+    try:
+        return inv.adapter.on_chunk(inv, chunk)
+    except Exception as exc:  # noqa: BLE001 - a chunk we cannot read is still the caller's chunk
+        internal_error("stream_chunk", exc)
+        return True
+
+
+class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, wrapped: Any, inv: Invocation) -> None:
+        super().__init__(wrapped)
+        self._self_inv = inv
+
+    def __iter__(self) -> StreamProxy:
+        return self
+
+    def __next__(self) -> Any:
+        inv = self._self_inv
+        while True:
+            try:
+                chunk = next(self.__wrapped__)
+            except StopIteration:
+                inv.finish()
+                raise
+            except BaseException as exc:
+                inv.fail(exc)
+                raise
+            if _on_chunk(inv, chunk):
+                return chunk
+
+    def close(self) -> Any:
+        try:
+            close = getattr(self.__wrapped__, "close", None)
+            return close() if close is not None else None
+        finally:
+            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+
+    def __enter__(self) -> StreamProxy:
+        enter = getattr(self.__wrapped__, "__enter__", None)
+        if enter is not None:
+            enter()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        try:
+            exit_ = getattr(self.__wrapped__, "__exit__", None)
+            return exit_(*exc_info) if exit_ is not None else None
+        finally:
+            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+
+    def __del__(self) -> None:
+        inv = getattr(self, "_self_inv", None)
+        if inv is not None and not inv.done:
+            inv.finish(abandoned=True)
+
+
+class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, wrapped: Any, inv: Invocation) -> None:
+        super().__init__(wrapped)
+        self._self_inv = inv
+
+    def __aiter__(self) -> AsyncStreamProxy:
+        return self
+
+    async def __anext__(self) -> Any:
+        inv = self._self_inv
+        while True:
+            try:
+                chunk = await self.__wrapped__.__anext__()
+            except StopAsyncIteration:
+                inv.finish()
+                raise
+            except BaseException as exc:  # includes CancelledError
+                inv.fail(exc)
+                raise
+            if _on_chunk(inv, chunk):
+                return chunk
+
+    async def _close_wrapped(self, name: str) -> Any:
+        method = getattr(self.__wrapped__, name, None)
+        if method is None:
+            return None
+        result = method()
+        return await result if inspect.isawaitable(result) else result
+
+    async def close(self) -> Any:
+        try:
+            return await self._close_wrapped("close")
+        finally:
+            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+
+    async def aclose(self) -> Any:
+        try:
+            return await self._close_wrapped("aclose")
+        finally:
+            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+
+    async def __aenter__(self) -> AsyncStreamProxy:
+        enter = getattr(self.__wrapped__, "__aenter__", None)
+        if enter is not None:
+            await enter()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        try:
+            exit_ = getattr(self.__wrapped__, "__aexit__", None)
+            return (await exit_(*exc_info)) if exit_ is not None else None
+        finally:
+            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+
+    def __del__(self) -> None:
+        inv = getattr(self, "_self_inv", None)
+        if inv is not None and not inv.done:
+            inv.finish(abandoned=True)
+
+
+def _is_async_iterable(obj: Any) -> bool:
+    return hasattr(obj, "__anext__")
+
+
+def wrap_stream(inv: Invocation, stream: Any) -> Any:
+    return AsyncStreamProxy(stream, inv) if _is_async_iterable(stream) else StreamProxy(stream, inv)
+
+
+def _deliver(inv: Invocation, parsed: Any) -> Any:
+    """Route a parsed result: a stream gets a proxy, anything else is read and finished."""
+    if inv.adapter.is_stream(inv, parsed):
+        return wrap_stream(inv, parsed)
+    try:
+        inv.adapter.read_response(inv, parsed)
+    except Exception as exc:  # noqa: BLE001
+        internal_error("read_response", exc)
+    inv.finish()
+    return parsed
+
+
+class _RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """``with_raw_response`` / ``with_streaming_response`` objects: usage arrives on ``parse()``."""
+
+    def __init__(self, wrapped: Any, inv: Invocation) -> None:
+        super().__init__(wrapped)
+        self._self_inv = inv
+        self._self_parsed: Any = None
+
+    def _self_route(self, parsed: Any) -> Any:
+        if self._self_parsed is None:
+            try:
+                self._self_parsed = _deliver(self._self_inv, parsed)
+            except Exception as exc:  # noqa: BLE001
+                internal_error("raw_response", exc)
+                self._self_inv.finish()
+                return parsed
+        return self._self_parsed
+
+    def close(self) -> Any:
+        try:
+            return self.__wrapped__.close()
+        finally:
+            if self._self_parsed is None:
+                self._self_inv.finish(abandoned=True)
+
+    def __del__(self) -> None:
+        inv = getattr(self, "_self_inv", None)
+        if inv is not None and not inv.done and getattr(self, "_self_parsed", None) is None:
+            inv.finish(abandoned=True)
+
+
+class RawResponseProxy(_RawResponseProxy):
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        parsed = self.__wrapped__.parse(*args, **kwargs)
+        return self._self_route(parsed) if not args and not kwargs else parsed
+
+
+class AsyncRawResponseProxy(_RawResponseProxy):
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        parsed = await self.__wrapped__.parse(*args, **kwargs)
+        return self._self_route(parsed) if not args and not kwargs else parsed
+
+    async def close(self) -> Any:  # type: ignore[override]
+        try:
+            return await self.__wrapped__.close()
+        finally:
+            if self._self_parsed is None:
+                self._self_inv.finish(abandoned=True)
+
+
+def _is_raw_response(result: Any) -> bool:
+    return hasattr(result, "http_response") and hasattr(result, "parse")
+
+
+def wrap_result(inv: Invocation, result: Any) -> Any:
+    if _is_raw_response(result):
+        if inspect.iscoroutinefunction(result.parse):
+            return AsyncRawResponseProxy(result, inv)
+        proxy = RawResponseProxy(result, inv)
+        if not inv.record.streamed and getattr(result.http_response, "is_closed", False):
+            # The body is already read (legacy raw response): parse now, cached for the caller.
+            proxy.parse()
+        return proxy
+    return _deliver(inv, result)

@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``LLMUsageInstrumentor``: patches whichever of openai / dashscope is importable.
+
+Zero-code::
+
+    pip install otel-llm-usage
+    opentelemetry-instrument python app.py     # /metrics on :9464
+
+Programmatic::
+
+    LLMUsageInstrumentor().instrument(tracer_provider=tp, meter_provider=mp, config=cfg)
+    ...
+    LLMUsageInstrumentor().uninstrument()      # every patched method restored
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Collection
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+
+from .config import Config, load_config
+from .instrumentation.lifecycle import CallHandler, CallSpec
+from .runtime import Runtime, build_runtime, clear_runtime
+
+__all__ = ["LLMUsageInstrumentor"]
+
+logger = logging.getLogger("otel_llm_usage")
+
+
+def _sync_wrapper(handler: CallHandler, spec: CallSpec) -> Callable[..., Any]:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return handler.call_sync(spec, wrapped, instance, args, kwargs)
+
+    return wrapper
+
+
+def _async_wrapper(handler: CallHandler, spec: CallSpec) -> Callable[..., Any]:
+    async def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await handler.call_async(spec, wrapped, instance, args, kwargs)
+
+    return wrapper
+
+
+def _targets(config: Config) -> list[tuple[str, str, str, bool, CallSpec]]:
+    """(module, class, method, is_async, spec) for every surface we know how to read."""
+    out: list[tuple[str, str, str, bool, CallSpec]] = []
+    from .instrumentation import openai as oa
+
+    common = {
+        "provider_hosts": dict(config.provider_hosts),
+        "capture_content": config.capture_content,
+        "capture_max_chars": config.capture_content_max_chars,
+        "stream_include_usage": config.stream_include_usage,
+    }
+    chat = oa.OpenAIAdapter(**common)
+    responses = oa.OpenAIAdapter(**common, responses_api=True)
+    for m in oa.METHODS:
+        spec = CallSpec(responses if m.responses_api else chat, m.operation)
+        out.append((m.module, m.cls, m.name, m.is_async, spec))
+    try:
+        from .instrumentation import dashscope as ds
+    except ImportError:
+        return out
+    for module, cls, name, is_async, spec in ds.targets(config):
+        out.append((module, cls, name, is_async, spec))
+    return out
+
+
+class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Auto-instrumentation entry point ``opentelemetry_instrumentor: llm_usage``."""
+
+    _runtime: Runtime | None = None
+    _patched: list[tuple[Any, str]] = []
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        # Either SDK is optional; we patch what is importable rather than let the
+        # loader skip us when one of them is missing.
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        config = kwargs.get("config")
+        if config is None:
+            config = load_config(kwargs.get("config_path"))
+        tracer_provider = kwargs.get("tracer_provider")
+        meter_provider = kwargs.get("meter_provider")
+        if meter_provider is None and (kwargs.get("setup_providers") or _under_auto_instrumentation()):
+            from ._bootstrap import setup_default_providers
+
+            setup_default_providers()
+        runtime = build_runtime(config, tracer_provider, meter_provider)
+        type(self)._runtime = runtime
+        patched: list[tuple[Any, str]] = []
+        for module_name, cls_name, method, is_async, spec in _targets(config):
+            try:
+                module = importlib.import_module(module_name)
+                owner = getattr(module, cls_name)
+                if method not in vars(owner):
+                    continue
+            except (ImportError, AttributeError):
+                continue
+            factory = _async_wrapper if is_async else _sync_wrapper
+            wrapt.wrap_function_wrapper(owner, method, factory(runtime.handler, spec))
+            patched.append((owner, method))
+        type(self)._patched = patched
+        logger.debug("otel-llm-usage instrumented %d methods", len(patched))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for owner, method in type(self)._patched:
+            unwrap(owner, method)
+        type(self)._patched = []
+        runtime = type(self)._runtime
+        if runtime is not None:
+            runtime.shutdown()
+            clear_runtime(runtime)
+        type(self)._runtime = None
+
+    @property
+    def runtime(self) -> Runtime | None:
+        return type(self)._runtime
+
+
+def _under_auto_instrumentation() -> bool:
+    return "opentelemetry.instrumentation.auto_instrumentation.sitecustomize" in sys.modules \
+        or "opentelemetry.instrumentation.auto_instrumentation" in sys.modules

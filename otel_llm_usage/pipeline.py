@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: Apache-2.0
+"""price → budgets → telemetry → ledger, as pluggable stages.
+
+Each stage sees every :class:`~otel_llm_usage.usage.UsageRecord` once, in
+order, and runs guarded: a failing stage is logged and counted and the next
+stage still runs. Pricing and the in-memory budget update are synchronous
+(the next call must see them); a ledger stage queues and writes off-thread.
+
+Budgets also get a say *before* a call (:meth:`Pipeline.before_call`): they
+may raise :class:`~otel_llm_usage.errors.BudgetExceeded` or return a cheaper
+model to use instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ._guard import internal_error
+from .usage import UsageRecord
+
+__all__ = ["CallIntent", "Pipeline", "PreCallStage", "Stage"]
+
+
+@runtime_checkable
+class Stage(Protocol):
+    def process(self, record: UsageRecord) -> None: ...
+
+
+@dataclass(slots=True)
+class CallIntent:
+    """What a call is about to do, for pre-call budget checks (no content)."""
+
+    record: UsageRecord  # provider, model, attribution already filled in
+    estimated_input_tokens: int
+    max_output_tokens: int | None
+
+
+@runtime_checkable
+class PreCallStage(Protocol):
+    def before_call(self, intent: CallIntent) -> str | None:
+        """Raise ``BudgetExceeded`` to block, return a model name to downgrade, else ``None``."""
+        ...
+
+
+class Pipeline:
+    def __init__(self, stages: list[Stage] | None = None) -> None:
+        self.stages: list[Stage] = list(stages or [])
+
+    def add(self, stage: Stage) -> None:
+        self.stages.append(stage)
+
+    @property
+    def has_pre_call(self) -> bool:
+        return any(isinstance(s, PreCallStage) for s in self.stages)
+
+    def before_call(self, intent: CallIntent) -> str | None:
+        """Pre-call checks; ``BudgetExceeded`` propagates on purpose, anything else is ours."""
+        from .errors import BudgetExceeded
+
+        new_model: str | None = None
+        for stage in self.stages:
+            if isinstance(stage, PreCallStage):
+                try:
+                    new_model = stage.before_call(intent) or new_model
+                except BudgetExceeded:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    internal_error(f"stage:{type(stage).__name__}.before_call", exc)
+        return new_model
+
+    def submit(self, record: UsageRecord) -> None:
+        for stage in self.stages:
+            try:
+                stage.process(record)
+            except Exception as exc:  # noqa: BLE001 - one broken stage must not stop the others
+                internal_error(f"stage:{type(stage).__name__}", exc)
+
+    def shutdown(self) -> None:
+        for stage in self.stages:
+            close = getattr(stage, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001
+                    internal_error(f"stage:{type(stage).__name__}.close", exc)

@@ -1,0 +1,207 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Pure, ``Decimal``-exact cost of one call from a :class:`PriceEntry` and its token counts.
+
+Rules (prices are per 1,000,000 tokens in the entry's currency):
+
+* Token buckets follow :mod:`otel_llm_usage.usage`: ``input_tokens`` includes cached and
+  cache-write tokens, ``output_tokens`` includes reasoning tokens. Each token is billed
+  exactly once: uncached input at ``input``, cached input at ``cached_input`` (else
+  ``input x cached_input_ratio``, else ``input``), cache writes at ``cache_write`` (else
+  ``input x cache_write_ratio``, else ``input``), all output (reasoning included) at the
+  output price.
+* Hybrid models (an entry or tier with ``thinking_output``) bill *all* output at the
+  thinking price when the call ran in thinking mode. Thinking mode is
+  ``request_params["enable_thinking"]`` when present (DashScope/Qwen), else
+  ``request_params["thinking"]["type"]`` (Doubao/GLM style), else ``reasoning_tokens > 0``.
+* Embeddings bill input only.
+* Request-length tiers (Qwen ``0<Token<=128K`` ...): the WHOLE call is billed at the first
+  tier whose ``max_input_tokens`` is ``>=`` the call's ``input_tokens`` (boundaries
+  inclusive). Tier bounds are stored as plain token counts; the bundled data reads
+  Alibaba's "K" as 1,000 tokens (128K = 128,000), the convention of its pricing pages.
+  Input longer than every bounded tier uses the last tier.
+* ``request_params["batch"]`` true and the entry has ``batch_discount`` d: cost x (1 - d).
+* A free entry (every price zero) costs exactly ``Decimal(0)``.
+
+No rounding is applied: results carry as many digits as the arithmetic needs (computed in
+a 50-digit context) so sums of many small calls stay exact; round only for display.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ..usage import TokenUsage
+from .models import PriceEntry, PriceTier
+
+__all__ = [
+    "DECIMAL_CONTEXT",
+    "MILLION",
+    "Buckets",
+    "Rates",
+    "apply_batch",
+    "compute_cost",
+    "is_batch",
+    "price_buckets",
+    "rates_for",
+    "split_tokens",
+    "thinking_mode",
+]
+
+MILLION = Decimal(1_000_000)
+ZERO = Decimal(0)
+DECIMAL_CONTEXT = decimal.Context(prec=50, rounding=decimal.ROUND_HALF_EVEN)
+_TRUE_STRINGS = {"1", "true", "yes", "on", "enabled", "enable"}
+_FALSE_STRINGS = {"0", "false", "no", "off", "disabled", "disable", "none", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Resolved per-1M prices for one call, after tier selection; ``None`` = not separately priced."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+    cache_write: Decimal
+    thinking_output: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """Disjoint token counts; their sum is the call's total."""
+
+    uncached_input: int
+    cached_input: int
+    cache_write: int
+    output: int
+
+
+def split_tokens(tokens: TokenUsage) -> Buckets:
+    """Disjoint buckets from a (possibly inconsistent) :class:`TokenUsage`, without mutating it."""
+    inp = max(0, int(tokens.input_tokens))
+    cached = min(max(0, int(tokens.cached_input_tokens)), inp)
+    write = min(max(0, int(tokens.cache_write_tokens)), inp - cached)
+    out = max(0, int(tokens.output_tokens))
+    return Buckets(uncached_input=inp - cached - write, cached_input=cached, cache_write=write, output=out)
+
+
+def _flag(value: Any) -> bool | None:
+    """Interpret a request flag loosely (bool, 0/1, "true"/"false"); ``None`` if undecidable."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE_STRINGS:
+            return True
+        if low in _FALSE_STRINGS:
+            return False
+    return None
+
+
+def thinking_mode(tokens: TokenUsage, request_params: Mapping[str, Any] | None) -> bool:
+    """Whether the call ran in thinking mode (see module docstring for the order of evidence)."""
+    params = request_params or {}
+    explicit = _flag(params.get("enable_thinking"))
+    if explicit is not None:
+        return explicit
+    thinking = params.get("thinking")
+    if isinstance(thinking, Mapping):
+        kind = thinking.get("type")
+        if isinstance(kind, str) and kind.lower() in ("enabled", "disabled"):
+            return kind.lower() == "enabled"
+    return tokens.reasoning_tokens > 0
+
+
+def is_batch(request_params: Mapping[str, Any] | None) -> bool:
+    return bool(_flag((request_params or {}).get("batch")))
+
+
+def _select_tier(tiers: list[PriceTier], input_tokens: int) -> PriceTier:
+    for tier in tiers:
+        if tier.max_input_tokens is None or input_tokens <= tier.max_input_tokens:
+            return tier
+    # Longer than every bounded tier: the provider would normally reject it; bill at the top tier.
+    return tiers[-1]
+
+
+def _derived(explicit: Decimal | None, ratio: Decimal | None, base: Decimal) -> Decimal:
+    if explicit is not None:
+        return explicit
+    if ratio is not None:
+        return DECIMAL_CONTEXT.multiply(base, ratio)
+    return base
+
+
+def rates_for(entry: PriceEntry, input_tokens: int) -> Rates:
+    """Resolve the prices that apply to a call with ``input_tokens`` of input (tier selection)."""
+    source: PriceEntry | PriceTier = _select_tier(entry.tiers, input_tokens) if entry.tiers else entry
+    inp = source.input if source.input is not None else ZERO
+    out = source.output if source.output is not None else ZERO
+    return Rates(
+        input=inp,
+        output=out,
+        cached_input=_derived(source.cached_input, entry.cached_input_ratio, inp),
+        cache_write=_derived(source.cache_write, entry.cache_write_ratio, inp),
+        thinking_output=source.thinking_output,
+    )
+
+
+def price_buckets(rates: Rates, buckets: Buckets, *, thinking: bool, embedding: bool = False) -> Decimal:
+    """Cost of ``buckets`` at ``rates`` (no discounts)."""
+    ctx = DECIMAL_CONTEXT
+    if embedding:
+        total_in = buckets.uncached_input + buckets.cached_input + buckets.cache_write
+        return ctx.divide(ctx.multiply(Decimal(total_in), rates.input), MILLION)
+    out_rate = rates.thinking_output if thinking and rates.thinking_output is not None else rates.output
+    per_million = ctx.add(
+        ctx.add(
+            ctx.multiply(Decimal(buckets.uncached_input), rates.input),
+            ctx.multiply(Decimal(buckets.cached_input), rates.cached_input),
+        ),
+        ctx.add(
+            ctx.multiply(Decimal(buckets.cache_write), rates.cache_write),
+            ctx.multiply(Decimal(buckets.output), out_rate),
+        ),
+    )
+    return ctx.divide(per_million, MILLION)
+
+
+def apply_batch(entry: PriceEntry, cost: Decimal, request_params: Mapping[str, Any] | None) -> Decimal:
+    if entry.batch_discount is None or not is_batch(request_params):
+        return cost
+    return DECIMAL_CONTEXT.multiply(cost, DECIMAL_CONTEXT.subtract(Decimal(1), entry.batch_discount))
+
+
+def compute_cost(entry: PriceEntry, tokens: TokenUsage,
+                 request_params: Mapping[str, Any] | None = None) -> Decimal:
+    """Exact cost of one call in ``entry.currency``.
+
+    Volume-tiered entries need period state and are priced by
+    :class:`otel_llm_usage.pricing.volume.VolumeMeter`; here they are priced at their first
+    (lowest-volume) tier, which is what a stateless caller (e.g. ``prices estimate``) can know.
+    """
+    if entry.is_free:
+        return Decimal(0)
+    buckets = split_tokens(tokens)
+    thinking = thinking_mode(tokens, request_params)
+    if entry.volume is not None and not entry.tiers and entry.input is None:
+        first = entry.volume.tiers[0]
+        rates = Rates(
+            input=first.input or ZERO,
+            output=first.output or ZERO,
+            cached_input=_derived(first.cached_input, entry.cached_input_ratio, first.input or ZERO),
+            cache_write=_derived(first.cache_write, entry.cache_write_ratio, first.input or ZERO),
+            thinking_output=first.thinking_output,
+        )
+    else:
+        total_input = buckets.uncached_input + buckets.cached_input + buckets.cache_write
+        rates = rates_for(entry, total_input)
+    cost = price_buckets(rates, buckets, thinking=thinking, embedding=entry.kind == "embedding")
+    return apply_batch(entry, cost, request_params)

@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Every instrument this package emits, created once, and the label policy behind them.
+
+Metric labels are low-cardinality by construction: each attribution label has
+a distinct-value cap (beyond it values become ``__overflow__``), values are
+length-capped, and labels can be dropped in config. Spans carry the detail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from typing import Any
+
+from opentelemetry.metrics import Meter, MeterProvider, get_meter_provider
+
+from . import _names as N
+from ._guard import set_error_sink
+from .config import AttributionSettings
+from .usage import UsageRecord, billable_breakdown
+
+__all__ = ["LabelPolicy", "Telemetry"]
+
+# Bucket advice from the GenAI semantic conventions (gen-ai-metrics, read 2026-11-26).
+_DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+_TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
+_ATTR_CACHE_MAX = 20_000
+
+
+class LabelPolicy:
+    """Turns raw attribution values into bounded, sanitized metric label values."""
+
+    def __init__(self, settings: AttributionSettings) -> None:
+        self.enabled = frozenset(settings.metric_labels)
+        self.max_values = settings.max_label_values
+        self.max_length = settings.max_label_length
+        self._hash_key = (settings.hash_key or "").encode() if settings.hash_users else None
+        self._seen: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def hash_user(self, user: str | None) -> str | None:
+        """HMAC the user id when configured, so raw ids never leave the process."""
+        if user is None or self._hash_key is None:
+            return user
+        return hmac.new(self._hash_key, user.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def value(self, label: str, raw: str | None) -> str:
+        if raw is None or raw == "":
+            return N.UNKNOWN
+        value = raw if len(raw) <= self.max_length else raw[: self.max_length]
+        if label in ("provider", "model"):
+            return value  # bounded by the providers and catalog, not by users
+        seen = self._seen.get(label)
+        if seen is not None and value in seen:
+            return value
+        with self._lock:
+            seen = self._seen.setdefault(label, set())
+            if value in seen:
+                return value
+            if len(seen) >= self.max_values:
+                return N.OVERFLOW
+            seen.add(value)
+        return value
+
+
+class Telemetry:
+    """Creates the instruments once and records one :class:`UsageRecord` into them."""
+
+    def __init__(self, settings: AttributionSettings, meter_provider: MeterProvider | None = None) -> None:
+        from . import __version__
+
+        self.labels = LabelPolicy(settings)
+        meter: Meter = (meter_provider or get_meter_provider()).get_meter(
+            "otel_llm_usage", __version__, schema_url="https://opentelemetry.io/schemas/1.37.0"
+        )
+        self.token_usage = meter.create_histogram(
+            N.METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used per operation.",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+        )
+        self.duration = meter.create_histogram(
+            N.METRIC_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.ttfc = meter.create_histogram(
+            N.METRIC_TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time from request start to the first streamed chunk.",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.requests = meter.create_counter(N.METRIC_REQUESTS, description="LLM calls, by outcome.")
+        self.tokens = meter.create_counter(
+            N.METRIC_TOKENS, unit="{token}", description="Tokens by type; the types are disjoint and sum to the total."
+        )
+        self.cost = meter.create_counter(N.METRIC_COST, description="Cost of LLM calls in the model's billing currency.")
+        self.unpriced = meter.create_counter(N.METRIC_UNPRICED, description="Calls whose model has no known price.")
+        self.budget_events = meter.create_counter(N.METRIC_BUDGET_EVENTS, description="Budget threshold events.")
+        self.internal_errors = meter.create_counter(
+            N.METRIC_INTERNAL_ERRORS, description="Faults inside otel-llm-usage (the host call was unaffected)."
+        )
+        self.meter = meter
+        self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        set_error_sink(lambda kind: self.internal_errors.add(1, {"kind": kind}))
+
+    def _base_labels(self, record: UsageRecord) -> dict[str, Any]:
+        lp = self.labels
+        raw = {
+            "provider": record.provider,
+            "model": record.model,
+            "function": record.function,
+            "user": record.user,
+            "session": record.session,
+            "anchor": record.anchor,
+        }
+        return {k: lp.value(k, v) for k, v in raw.items() if k in lp.enabled}
+
+    def _cached(self, key: tuple[Any, ...], build: Any) -> dict[str, Any]:
+        # Reusing attribute dicts avoids per-call dict churn on the hot path.
+        attrs = self._attr_cache.get(key)
+        if attrs is None:
+            if len(self._attr_cache) >= _ATTR_CACHE_MAX:
+                self._attr_cache.clear()
+            attrs = build()
+            self._attr_cache[key] = attrs
+        return attrs
+
+    def record(self, record: UsageRecord) -> None:
+        base = self._base_labels(record)
+        base_key = tuple(base.values())
+        status_attrs = self._cached(
+            ("req", *base_key, record.status, record.error_type),
+            lambda: {**base, "status": record.status, "error_type": record.error_type or "none"},
+        )
+        self.requests.add(1, status_attrs)
+        for token_type, count in billable_breakdown(record.tokens).items():
+            if count > 0:
+                self.tokens.add(
+                    count, self._cached(("tok", *base_key, token_type), lambda t=token_type: {**base, "token_type": t})
+                )
+        if record.cost is not None:
+            currency = record.currency or "unknown"
+            self.cost.add(
+                float(record.cost), self._cached(("cost", *base_key, currency), lambda: {**base, "currency": currency})
+            )
+        elif record.status != "blocked":
+            self.unpriced.add(1, {"provider": record.provider, "model": self.labels.value("model", record.model)})
+        self._record_semconv(record)
+
+    def _record_semconv(self, record: UsageRecord) -> None:
+        attrs: dict[str, Any] = {
+            N.GEN_AI_OPERATION_NAME: record.operation,
+            N.GEN_AI_PROVIDER_NAME: record.provider,
+        }
+        if record.request_model:
+            attrs[N.GEN_AI_REQUEST_MODEL] = record.request_model
+        if record.response_model:
+            attrs[N.GEN_AI_RESPONSE_MODEL] = record.response_model
+        if record.server_address:
+            attrs[N.SERVER_ADDRESS] = record.server_address
+        if record.server_port:
+            attrs[N.SERVER_PORT] = record.server_port
+        if record.status == "blocked":
+            return  # nothing was sent: no operation to time
+        if record.error_type:
+            attrs[N.ERROR_TYPE] = record.error_type
+        self.duration.record(record.duration_s, attrs)
+        if record.ttft_s is not None:
+            self.ttfc.record(record.ttft_s, attrs)
+        if record.usage_source != "none" and not record.error_type:
+            self.token_usage.record(record.tokens.input_tokens, {**attrs, N.GEN_AI_TOKEN_TYPE: "input"})
+            if record.operation != N.OP_EMBEDDINGS:
+                self.token_usage.record(record.tokens.output_tokens, {**attrs, N.GEN_AI_TOKEN_TYPE: "output"})
+
+    def budget_event(self, budget: str, scope: str, level: str) -> None:
+        self.budget_events.add(1, {"budget": budget, "scope": self.labels.value("budget_scope", scope), "level": level})

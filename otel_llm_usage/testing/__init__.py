@@ -1,0 +1,24 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Test helpers: a loopback server that impersonates OpenAI and DashScope.
+
+Names are resolved lazily so ``python -m otel_llm_usage.testing.server``
+does not import the server module twice (once as the package member, once
+as ``__main__``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import LoopbackLLMServer, RecordedRequest, Scenario, ScenarioError
+
+__all__ = ["LoopbackLLMServer", "RecordedRequest", "Scenario", "ScenarioError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,580 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A loopback HTTP server that speaks enough of the OpenAI and DashScope wire
+protocols for the real SDKs to talk to it.
+
+It exists so instrumentation can be tested end to end (real SDK, real HTTP,
+real SSE parsing) without network access or API keys, and so awkward provider
+behaviour (rate limits, truncated streams, malformed usage) can be produced on
+demand through *scenarios*.
+
+Replies are always fixed filler words: the server never echoes request
+content, so nothing a test sends can leak back into recorded telemetry.
+
+Run standalone with ``python -m otel_llm_usage.testing.server --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
+
+SCENARIO_HEADER = "X-Loopback-Scenario"
+
+# Headers that may carry credentials; they never reach the request log so a
+# test's fake key (or a real one, by accident) is not retained.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key"})
+
+_FILLER = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
+
+#: A value substituted for a token count; normally ``int`` but the malformed
+#: usage scenarios turn it into strings or absurd numbers.
+UsageNumber = Callable[[int], Any]
+
+
+class ScenarioError(ValueError):
+    """A scenario string could not be parsed (unknown key or bad value)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How the server should misbehave (or behave) for one request.
+
+    Parsed from ``key=value;key=value``; every key is optional.
+    """
+
+    words: int = 5
+    prompt_tokens: int | None = None
+    cached: int = 0
+    reasoning: int = 0
+    status: int | None = None
+    retry_after: str | None = None
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    truncate_after: int | None = None
+    no_usage: bool = False
+    usage: str | None = None
+    malformed_json: bool = False
+    malformed_sse: bool = False
+    model: str | None = None
+    sse_error: bool = False
+    source: str = field(default="", compare=False)
+
+    _USAGE_VARIANTS: ClassVar[tuple[str, ...]] = ("null", "negative", "string", "huge")
+
+    @classmethod
+    def parse(cls, text: str | None) -> Scenario:
+        text = (text or "").strip()
+        known = {f.name: f for f in fields(cls) if f.name != "source"}
+        values: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in text.split(";"))):
+            key, sep, raw = item.partition("=")
+            key, raw = key.strip(), raw.strip()
+            if not sep or key not in known:
+                known_keys = ", ".join(sorted(known))
+                raise ScenarioError(
+                    f"unknown loopback scenario key {key!r} in {text!r}; known keys: {known_keys}"
+                )
+            values[key] = _convert(key, raw, _KINDS.get(key, str))
+        if values.get("usage") not in (None, *cls._USAGE_VARIANTS):
+            raise ScenarioError(f"usage must be one of {cls._USAGE_VARIANTS}, got {values['usage']!r}")
+        if values.get("status") is not None and not 400 <= values["status"] <= 599:
+            raise ScenarioError(f"status must be an HTTP error code (400-599), got {values['status']}")
+        return cls(source=text, **values)
+
+    # -- token arithmetic shared by every provider ---------------------------
+
+    def input_tokens(self, counted: int) -> int:
+        """Input tokens: the override, else the word count (never 0, like real
+        tokenizers which always emit something), and never below ``cached``."""
+        base = self.prompt_tokens if self.prompt_tokens is not None else max(counted, 1)
+        return max(base, self.cached)
+
+    def output_tokens(self, visible: int | None = None) -> int:
+        """Output tokens: visible pieces (default ``words``) plus reasoning,
+        because OpenAI bills reasoning inside completion_tokens."""
+        return (self.words if visible is None else visible) + self.reasoning
+
+    def number(self, value: int) -> Any:
+        """Render one token count, honouring the malformed ``usage=`` variants."""
+        if self.usage == "negative":
+            return -value if value else -1
+        if self.usage == "string":
+            return str(value)
+        if self.usage == "huge":
+            return 10**15
+        return value
+
+    def attach_usage(self, body: dict[str, Any], key: str, build: Callable[[UsageNumber], Any]) -> None:
+        """Set ``body[key]`` to the usage built by ``build``, or leave it out
+        (``no_usage``) or null it (``usage=null``)."""
+        if self.no_usage:
+            return
+        body[key] = None if self.usage == "null" else build(self.number)
+
+
+# Value types of the non-string scenario keys (annotations are strings under
+# ``from __future__ import annotations``, so they are listed explicitly).
+_KINDS: dict[str, type] = {
+    "words": int,
+    "prompt_tokens": int,
+    "cached": int,
+    "reasoning": int,
+    "status": int,
+    "truncate_after": int,
+    "delay": float,
+    "chunk_delay": float,
+    "no_usage": bool,
+    "malformed_json": bool,
+    "malformed_sse": bool,
+    "sse_error": bool,
+}
+
+
+def _convert(key: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            value: Any = int(raw)
+        elif kind is float:
+            value = float(raw)
+        else:
+            return raw
+    except ValueError:
+        raise ScenarioError(f"loopback scenario key {key!r} has invalid value {raw!r}") from None
+    if value < 0:
+        raise ScenarioError(f"loopback scenario key {key!r} must not be negative, got {raw!r}")
+    return value
+
+
+def filler_words(count: int) -> list[str]:
+    """``count`` deterministic filler words."""
+    return [_FILLER[i % len(_FILLER)] for i in range(count)]
+
+
+def stream_pieces(words: Sequence[str]) -> list[str]:
+    """Split words into stream deltas whose concatenation is ``" ".join(words)``."""
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def count_words(texts: Iterable[str | None]) -> int:
+    """The server's deterministic "tokenizer": whitespace-separated words."""
+    return sum(len(t.split()) for t in texts if isinstance(t, str))
+
+
+def iter_texts(value: Any, keys: Sequence[str]) -> Iterator[str]:
+    """Every piece of prompt text in a request structure.
+
+    Walks strings, lists, and the members named by ``keys`` of dicts (so
+    image URLs and other non-text parts are skipped). A flat list of ints is
+    a pre-tokenized prompt and counts one word per token id."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            yield " ".join("t" for _ in value)
+            return
+        for item in value:
+            yield from iter_texts(item, keys)
+    elif isinstance(value, dict):
+        for key in keys:
+            if key in value:
+                yield from iter_texts(value[key], keys)
+
+
+def fake_vector(index: int, dims: int) -> list[float]:
+    """A deterministic, input-independent embedding vector."""
+    return [round(((index + 1) * (d + 1)) % 7 / 7.0, 4) for d in range(dims)]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any
+    scenario: Scenario | None
+
+
+# Turns (status, message) into a provider-shaped JSON error body.
+ErrorRenderer = Callable[[int, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Callable[[Exchange], None]
+    render_error: ErrorRenderer
+
+
+class _Truncated(Exception):
+    """Raised inside a handler once ``truncate_after`` frames were sent."""
+
+
+class SSEWriter:
+    """Writes pre-formatted SSE frames with chunked transfer encoding.
+
+    Chunked encoding matters: when a stream is truncated we drop the socket
+    without the terminating zero-length chunk, which HTTP clients report as an
+    incomplete body (an error) rather than a clean end of stream.
+    """
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+        self._sent = 0
+
+    def send(self, frame: str) -> None:
+        scenario = self._exchange.scenario
+        if scenario.truncate_after is not None and self._sent >= scenario.truncate_after:
+            raise _Truncated()
+        if self._sent and scenario.chunk_delay:
+            time.sleep(scenario.chunk_delay)
+        self._exchange._write_chunk(frame.encode())
+        self._sent += 1
+        if self._sent == 1 and scenario.malformed_sse:
+            self._exchange._write_chunk(b"data: {this is not json\n\n")
+
+    @property
+    def sent(self) -> int:
+        return self._sent
+
+
+class Exchange:
+    """One request/response pair as seen by a route handler."""
+
+    def __init__(
+        self,
+        handler: _RequestHandler,
+        route: Route,
+        params: Mapping[str, str],
+        body: Any,
+        scenario: Scenario,
+        query: dict[str, str],
+    ) -> None:
+        self._handler = handler
+        self.route = route
+        self.params = dict(params)
+        self.body = body if isinstance(body, dict) else {}
+        self.scenario = scenario
+        self.query = query
+        self.method = handler.command
+        self.path = handler.path
+        self.headers = handler.headers
+        self._streaming = False
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name, "") or ""
+
+    def send_json(self, payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        self.send_bytes(json.dumps(payload).encode(), status, "application/json", headers)
+
+    def send_bytes(
+        self, data: bytes, status: int, content_type: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        h = self._handler
+        h.send_response(status)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(data)
+        h.wfile.flush()
+
+    def send_error(self, status: int, message: str) -> None:
+        headers = {}
+        if self.scenario.retry_after is not None:
+            headers["Retry-After"] = self.scenario.retry_after
+        self.send_json(self.route.render_error(status, message), status, headers)
+
+    def open_sse(self, headers: Mapping[str, str] | None = None) -> SSEWriter:
+        h = self._handler
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Cache-Control", "no-cache")
+        h.send_header("Transfer-Encoding", "chunked")
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
+        h.end_headers()
+        self._streaming = True
+        return SSEWriter(self)
+
+    def _write_chunk(self, data: bytes) -> None:
+        w = self._handler.wfile
+        w.write(b"%x\r\n%s\r\n" % (len(data), data))
+        w.flush()
+
+    def _finish(self) -> None:
+        if self._streaming:
+            self._handler.wfile.write(b"0\r\n\r\n")
+            self._handler.wfile.flush()
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    # HTTP/1.1 so SDK connection pools get keep-alive and chunked streaming.
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.owner.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        owner = self.server.owner
+        split = urlsplit(self.path)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = _decode_json(raw)
+        route, params = owner._match(self.command, split.path)
+
+        scenario: Scenario | None = None
+        scenario_error: str | None = None
+        try:
+            scenario = owner._scenario_for(self.headers.get(SCENARIO_HEADER))
+        except ScenarioError as exc:
+            scenario_error = str(exc)
+        owner._record(self, split.path, query, body, scenario)
+
+        exchange = Exchange(self, route, params, body, scenario or Scenario(), query)
+        if scenario_error is not None:
+            exchange.send_error(400, scenario_error)
+            return
+        if raw and body is None:
+            exchange.send_error(400, "request body is not valid JSON")
+            return
+        if exchange.scenario.delay:
+            time.sleep(exchange.scenario.delay)
+        if exchange.scenario.status is not None:
+            exchange.send_error(
+                exchange.scenario.status, f"loopback scenario status={exchange.scenario.status}"
+            )
+            return
+        if exchange.scenario.malformed_json:
+            exchange.send_bytes(b'{"id": "broken", "choices": [', 200, "application/json")
+            return
+        try:
+            route.handler(exchange)
+            exchange._finish()
+        except _Truncated:
+            self._abort()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _abort(self) -> None:
+        """Drop the connection mid-body, as a crashed upstream would."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _decode_json(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    owner: LoopbackLLMServer
+
+
+def not_found(exchange: Exchange) -> None:
+    exchange.send_error(404, f"no loopback route for {exchange.method} {exchange.path}")
+
+
+class LoopbackLLMServer:
+    """A fake OpenAI + DashScope endpoint on localhost.
+
+    >>> with LoopbackLLMServer() as server:
+    ...     client = openai.OpenAI(base_url=server.openai_base_url, api_key="sk-test")
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> None:
+        self._host = host
+        self._port = port
+        self.verbose = verbose
+        self.default_scenario: str | None = None
+        self._lock = threading.Lock()
+        self._queue: collections.deque[str] = collections.deque()
+        self._requests: list[RecordedRequest] = []
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._routes: list[Route] = self._load_routes()
+        # Unmatched paths get an OpenAI-shaped 404 (the most common client).
+        from .openai_api import render_error as openai_error
+
+        self._fallback = Route("*", re.compile(".*"), not_found, openai_error)
+
+    @staticmethod
+    def _load_routes() -> list[Route]:
+        # Imported lazily so the provider modules can import helpers from here.
+        from . import dashscope_api, openai_api
+
+        return [*openai_api.routes(), *dashscope_api.routes()]
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> LoopbackLLMServer:
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer((self._host, self._port), _RequestHandler)
+        httpd.owner = self
+        self._httpd = httpd
+        # A short poll interval keeps stop() fast; tests start and stop often.
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="loopback-llm-server",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> LoopbackLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses -----------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("LoopbackLLMServer is not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def dashscope_base_url(self) -> str:
+        return self.url + "/api/v1"
+
+    # -- scenarios and request log ------------------------------------------
+
+    def push_scenario(self, scenario: str) -> None:
+        """Queue a scenario for the next request that has no header scenario.
+
+        Validated now so a typo fails in the test, not inside the server."""
+        Scenario.parse(scenario)
+        with self._lock:
+            self._queue.append(scenario)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        """Forget recorded requests and queued scenarios."""
+        with self._lock:
+            self._requests.clear()
+            self._queue.clear()
+
+    def _scenario_for(self, header: str | None) -> Scenario:
+        if header:
+            return Scenario.parse(header)
+        with self._lock:
+            queued = self._queue.popleft() if self._queue else None
+        return Scenario.parse(queued if queued is not None else self.default_scenario)
+
+    def _record(
+        self,
+        handler: _RequestHandler,
+        path: str,
+        query: dict[str, str],
+        body: Any,
+        scenario: Scenario | None,
+    ) -> None:
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+        entry = RecordedRequest(handler.command, path, query, headers, body, scenario)
+        with self._lock:
+            self._requests.append(entry)
+
+    def _match(self, method: str, path: str) -> tuple[Route, Mapping[str, str]]:
+        for route in self._routes:
+            if route.method in (method, "*"):
+                m = route.pattern.fullmatch(path)
+                if m:
+                    return route, m.groupdict()
+        # Path known under another provider prefix: still answer in its shape.
+        for route in self._routes:
+            if route.pattern.fullmatch(path):
+                return Route(route.method, route.pattern, not_found, route.render_error), {}
+        return self._fallback, {}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve fake OpenAI/DashScope endpoints on localhost.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--scenario", default=None, help="default scenario, e.g. 'cached=10;words=3'")
+    args = parser.parse_args(argv)
+    server = LoopbackLLMServer(args.host, args.port, verbose=True)
+    if args.scenario:
+        Scenario.parse(args.scenario)
+        server.default_scenario = args.scenario
+    server.start()
+    print(f"loopback LLM server at {server.url}", flush=True)
+    print(f"  OPENAI_BASE_URL={server.openai_base_url}", flush=True)
+    print(f"  DASHSCOPE_HTTP_BASE_URL={server.dashscope_base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    # Under ``python -m`` this file runs as ``__main__``; go through the
+    # package module so the route modules share its classes.
+    from otel_llm_usage.testing.server import main as _package_main
+
+    _package_main()

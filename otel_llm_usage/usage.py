@@ -1,0 +1,223 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The one normalized record every call becomes, and the pure helpers that build it.
+
+Token accounting convention (the one OpenAI and DashScope report):
+``input_tokens`` *includes* ``cached_input_tokens`` and ``cache_write_tokens``;
+``output_tokens`` *includes* ``reasoning_tokens``. Totals are therefore
+``input_tokens + output_tokens`` and never count a cached or reasoning token twice.
+:func:`billable_breakdown` splits them into disjoint buckets for counters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "TokenUsage",
+    "UsageRecord",
+    "billable_breakdown",
+    "estimate_tokens",
+    "read_field",
+    "safe_int",
+]
+
+# A single response never legitimately reports more than this; larger values are
+# treated as corrupt rather than allowed to blow a budget or a counter.
+MAX_TOKENS_PER_CALL = 10**9
+
+
+def read_field(obj: Any, *path: str) -> Any:
+    """Read ``obj.a.b`` or ``obj["a"]["b"]`` (SDK models, dicts, DashScope DictMixins)."""
+    cur = obj
+    for key in path:
+        if cur is None:
+            return None
+        if isinstance(cur, Mapping):
+            cur = cur.get(key)
+        else:
+            cur = getattr(cur, key, None)
+    return cur
+
+
+def safe_int(value: Any) -> int | None:
+    """Coerce a provider-reported count; ``None`` when it is absent or not a sane count."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        if not value.lstrip("-").isdigit():
+            return None
+        value = int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value)
+    if not isinstance(value, int):
+        return None
+    if value < 0 or value > MAX_TOKENS_PER_CALL:
+        return None
+    return value
+
+
+@dataclass(slots=True)
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    # Extra modality counts (image/audio) kept for pricing; already inside input/output.
+    details: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def clamp(self) -> TokenUsage:
+        """Make the parts consistent with the whole (providers sometimes disagree with themselves)."""
+        self.cached_input_tokens = min(self.cached_input_tokens, self.input_tokens)
+        self.cache_write_tokens = min(self.cache_write_tokens, self.input_tokens - self.cached_input_tokens)
+        self.reasoning_tokens = min(self.reasoning_tokens, self.output_tokens)
+        return self
+
+
+def normalize_usage(usage: Any) -> TokenUsage | None:
+    """Normalize any OpenAI-style or DashScope-style usage object; ``None`` if nothing usable.
+
+    Handles chat (``prompt_tokens``/``completion_tokens``), Responses API
+    (``input_tokens``/``output_tokens``), DashScope (``input_tokens``/``output_tokens``),
+    DeepSeek (``prompt_cache_hit_tokens``) and embeddings (``prompt_tokens`` + ``total_tokens``).
+    """
+    if usage is None:
+        return None
+    inp = safe_int(read_field(usage, "prompt_tokens"))
+    if inp is None:
+        inp = safe_int(read_field(usage, "input_tokens"))
+    out = safe_int(read_field(usage, "completion_tokens"))
+    if out is None:
+        out = safe_int(read_field(usage, "output_tokens"))
+    total = safe_int(read_field(usage, "total_tokens"))
+    if inp is None and out is None:
+        if total is None:
+            return None
+        # Embedding-style usage reports only a total, and all of it is input.
+        inp, out = total, 0
+    inp = inp or 0
+    out = out or 0
+    if out == 0 and total is not None and total > inp and read_field(usage, "completion_tokens") is None \
+            and read_field(usage, "output_tokens") is None:
+        out = total - inp
+
+    cached = _first_int(
+        usage,
+        ("prompt_tokens_details", "cached_tokens"),
+        ("input_tokens_details", "cached_tokens"),
+        ("prompt_cache_hit_tokens",),
+        ("cached_tokens",),
+    )
+    cache_write = _first_int(
+        usage,
+        ("prompt_tokens_details", "cache_creation_input_tokens"),
+        ("input_tokens_details", "cache_creation_input_tokens"),
+        ("cache_creation_input_tokens",),
+    )
+    reasoning = _first_int(
+        usage,
+        ("completion_tokens_details", "reasoning_tokens"),
+        ("output_tokens_details", "reasoning_tokens"),
+        ("reasoning_tokens",),
+    )
+    details: dict[str, int] = {}
+    for name in ("image_tokens", "audio_tokens", "video_tokens"):
+        n = _first_int(usage, ("input_tokens_details", name), ("prompt_tokens_details", name), (name,))
+        if n:
+            details[name] = n
+    return TokenUsage(
+        input_tokens=inp,
+        output_tokens=out,
+        cached_input_tokens=cached or 0,
+        cache_write_tokens=cache_write or 0,
+        reasoning_tokens=reasoning or 0,
+        details=details,
+    ).clamp()
+
+
+def _first_int(obj: Any, *paths: tuple[str, ...]) -> int | None:
+    for path in paths:
+        value = safe_int(read_field(obj, *path))
+        if value is not None:
+            return value
+    return None
+
+
+def billable_breakdown(tokens: TokenUsage) -> dict[str, int]:
+    """Disjoint token buckets: summing them gives the call's total, nothing counted twice."""
+    return {
+        "input": tokens.input_tokens - tokens.cached_input_tokens - tokens.cache_write_tokens,
+        "cached_input": tokens.cached_input_tokens,
+        "cache_write": tokens.cache_write_tokens,
+        "output": tokens.output_tokens - tokens.reasoning_tokens,
+        "reasoning": tokens.reasoning_tokens,
+    }
+
+
+def estimate_tokens(text_chars: int, cjk_chars: int = 0) -> int:
+    """Documented heuristic when a provider reports no usage: ~4 Latin chars or ~1.5 CJK chars a token.
+
+    It errs high on purpose (rounding up, minimum 1 for non-empty text): an
+    estimate feeds budgets, where undercounting is the worse mistake.
+    """
+    if text_chars <= 0 and cjk_chars <= 0:
+        return 0
+    return max(1, math.ceil(text_chars / 4 + cjk_chars / 1.5))
+
+
+def count_text(text: str) -> tuple[int, int]:
+    """(non-CJK chars, CJK chars) of ``text``, for :func:`estimate_tokens`."""
+    cjk = sum(1 for ch in text if "\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff")
+    return len(text) - cjk, cjk
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One LLM call (or one manual record), as every pipeline stage sees it."""
+
+    provider: str
+    operation: str
+    request_model: str | None
+    response_model: str | None = None
+    tokens: TokenUsage = field(default_factory=TokenUsage)
+    usage_source: str = "reported"  # reported | estimated | none
+    duration_s: float = 0.0
+    ttft_s: float | None = None
+    status: str = "ok"  # ok | error | blocked
+    error_type: str | None = None
+    function: str | None = None
+    user: str | None = None
+    session: str | None = None
+    anchor: str | None = None
+    streamed: bool = False
+    server_address: str | None = None
+    server_port: int | None = None
+    response_id: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    timestamp: float = field(default_factory=time.time)
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Filled by the pricing stage; ``cost is None`` means "unpriced", never "free".
+    cost: Decimal | None = None
+    currency: str | None = None
+    price_source: str | None = None
+    priced: bool = False  # set once pricing ran, so a record is never priced twice
+    # Request facts pricing may need (e.g. enable_thinking, region) — never content.
+    request_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        """The model label: what the caller asked for, else what answered."""
+        return self.request_model or self.response_model or "unknown"

@@ -1,0 +1,70 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`opentelemetry-instrument python app.py` with no flags serves usage metrics on /metrics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+APP = Path(__file__).parent / "apps" / "zero_code_app.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_opentelemetry_instrument_serves_prometheus_metrics(llm_server, tmp_path):
+    instrument = shutil.which("opentelemetry-instrument")
+    assert instrument, "opentelemetry-instrument must be on PATH (installed with opentelemetry-instrumentation)"
+    config = tmp_path / "otel-llm-usage.yaml"
+    config.write_text('provider_hosts: {"127.0.0.1": openai}\n')
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "LOOPBACK_OPENAI_URL": llm_server.openai_base_url,
+        "OTEL_LLM_USAGE_CONFIG": str(config),
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
+        "OTEL_SERVICE_NAME": "zero-code-test",
+    }
+    proc = subprocess.Popen([instrument, sys.executable, str(APP)], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", proc.stderr.read() if proc.poll() is not None else line
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=20)
+    assert proc.returncode == 0, proc.stderr.read()
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    requests = samples["llm_usage_requests_total"]
+    attributed = [v for lbl, v in requests if lbl["function"] == "zero-code-feature"]
+    assert attributed == [2.0]
+    (lbl,) = [lbl for lbl, _ in requests if lbl["function"] == "zero-code-feature"]
+    assert lbl.pop("otel_scope_name") == "otel_llm_usage"  # added by the exporter
+    lbl = {k: v for k, v in lbl.items() if not k.startswith("otel_scope_")}
+    assert lbl == {"provider": "openai", "model": "gpt-4o-mini", "function": "zero-code-feature",
+                   "user": "zc-user", "session": "zc-s", "anchor": "zc-anchor", "status": "ok",
+                   "error_type": "none"}
+    unattributed = [v for lbl, v in requests if lbl["function"] == "unknown" and lbl["user"] == "unknown"]
+    assert unattributed == [1.0]
+    token_types = {lbl["token_type"] for lbl, _ in samples["llm_usage_tokens_total"]}
+    assert token_types == {"input", "output"}
+    assert "gen_ai_client_operation_duration_seconds_bucket" in samples
+    assert "gen_ai_client_token_usage_bucket" in samples
+    assert any(lbl.get("service_name") == "zero-code-test" for lbl, _ in samples.get("target_info", []))
