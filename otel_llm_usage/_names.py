@@ -63,7 +63,7 @@ METRIC_BUDGET_LIMIT = "llm.budget.limit"
 METRIC_BUDGET_USED = "llm.budget.used"
 METRIC_BUDGET_UTILIZATION = "llm.budget.utilization"
 METRIC_BUDGET_EVENTS = "llm.budget.events"
-METRIC_UNPRICED = "llm.pricing.unpriced"
+METRIC_UNPRICED = "llm.pricing.unpriced_requests"
 METRIC_INTERNAL_ERRORS = "llm.usage.internal_errors"
 
 # --- metric labels ------------------------------------------------------------

@@ -201,7 +201,7 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
         _traffic(server.openai_base_url, server.url + "/compatible-mode/v1",
                  server.dashscope_base_url if has_dashscope else None, calls)
         elapsed = time.perf_counter() - started
-        records = runtime.ledger.records()
+        records = runtime.records()
         console.print(f"[bold]otel-llm-usage demo[/]: {len(records)} LLM calls against the loopback server "
                       f"{server.url} in {elapsed:.2f}s, {len(spans.get_finished_spans())} spans"
                       + ("" if has_dashscope else " (install the [dashscope] extra for the DashScope calls)"))

@@ -77,7 +77,7 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Auto-instrumentation entry point ``opentelemetry_instrumentor: llm_usage``."""
 
     _runtime: Runtime | None = None
-    _patched: list[tuple[Any, str]] = []
+    _patched: list[tuple[Any, str, Any]] = []
 
     def instrumentation_dependencies(self) -> Collection[str]:
         # Either SDK is optional; we patch what is importable rather than let the
@@ -94,26 +94,32 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             from ._bootstrap import setup_default_providers
 
             setup_default_providers()
-        runtime = build_runtime(config, tracer_provider, meter_provider)
+        # ``clock`` lets tests drive budget windows; it is the wall clock otherwise.
+        runtime = build_runtime(config, tracer_provider, meter_provider, **({"clock": kwargs["clock"]}
+                                                                           if "clock" in kwargs else {}))
         type(self)._runtime = runtime
-        patched: list[tuple[Any, str]] = []
+        patched: list[tuple[Any, str, Any]] = []
         for module_name, cls_name, method, is_async, spec in _targets(config):
             try:
                 module = importlib.import_module(module_name)
                 owner = getattr(module, cls_name)
-                if method not in vars(owner):
-                    continue
-            except (ImportError, AttributeError):
+                original = vars(owner)[method]
+            except (ImportError, AttributeError, KeyError):
                 continue
             factory = _async_wrapper if is_async else _sync_wrapper
             wrapt.wrap_function_wrapper(owner, method, factory(runtime.handler, spec))
-            patched.append((owner, method))
+            patched.append((owner, method, original))
         type(self)._patched = patched
         logger.debug("otel-llm-usage instrumented %d methods", len(patched))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for owner, method in type(self)._patched:
-            unwrap(owner, method)
+        for owner, method, original in type(self)._patched:
+            if getattr(vars(owner).get(method), "__wrapped__", None) is original:
+                # Put back the descriptor itself: ``unwrap`` would store the *bound* method
+                # of a classmethod (DashScope's ``Generation.call``) in its place.
+                setattr(owner, method, original)
+            else:
+                unwrap(owner, method)
         type(self)._patched = []
         runtime = type(self)._runtime
         if runtime is not None:

@@ -13,7 +13,7 @@ model to use instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from ._guard import internal_error
@@ -27,13 +27,27 @@ class Stage(Protocol):
     def process(self, record: UsageRecord) -> None: ...
 
 
-@dataclass(slots=True)
 class CallIntent:
-    """What a call is about to do, for pre-call budget checks (no content)."""
+    """What a call is about to do, for pre-call budget checks (no content).
 
-    record: UsageRecord  # provider, model, attribution already filled in
-    estimated_input_tokens: int
-    max_output_tokens: int | None
+    The input-size estimate walks the request's messages, so it is computed
+    only if a budget actually needs it.
+    """
+
+    __slots__ = ("_estimate", "_input_tokens", "max_output_tokens", "record")
+
+    def __init__(self, record: UsageRecord, estimate_input: Callable[[], int] | int,
+                 max_output_tokens: int | None) -> None:
+        self.record = record  # provider, model, attribution already filled in
+        self.max_output_tokens = max_output_tokens
+        self._estimate = estimate_input
+        self._input_tokens: int | None = estimate_input if isinstance(estimate_input, int) else None
+
+    @property
+    def estimated_input_tokens(self) -> int:
+        if self._input_tokens is None:
+            self._input_tokens = self._estimate() if callable(self._estimate) else int(self._estimate)
+        return self._input_tokens
 
 
 @runtime_checkable
@@ -46,13 +60,15 @@ class PreCallStage(Protocol):
 class Pipeline:
     def __init__(self, stages: list[Stage] | None = None) -> None:
         self.stages: list[Stage] = list(stages or [])
+        self.has_pre_call = self._has_pre_call()
 
     def add(self, stage: Stage) -> None:
         self.stages.append(stage)
+        self.has_pre_call = self._has_pre_call()
 
-    @property
-    def has_pre_call(self) -> bool:
-        return any(isinstance(s, PreCallStage) for s in self.stages)
+    def _has_pre_call(self) -> bool:
+        """Whether any stage wants to see calls before they are sent (budgets that can refuse)."""
+        return any(isinstance(s, PreCallStage) and getattr(s, "wants_pre_call", True) for s in self.stages)
 
     def before_call(self, intent: CallIntent) -> str | None:
         """Pre-call checks; ``BudgetExceeded`` propagates on purpose, anything else is ours."""

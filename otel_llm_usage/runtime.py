@@ -8,7 +8,13 @@ that are passed in or, by default, the global ones.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -17,11 +23,15 @@ from opentelemetry.trace import TracerProvider, get_tracer
 from ._guard import internal_error
 from .config import Config, load_config
 from .instrumentation.lifecycle import CallHandler
-from .ledger import MemoryLedger
+from .ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger
+from .ledger.writer import LedgerWriter
 from .pipeline import Pipeline
 from .pricing import PricingStage
 from .telemetry import Telemetry
-from .usage import UsageRecord
+from .budgets.config import BudgetConfig
+from .budgets.engine import BudgetEngine, BudgetEvent
+from .ledger.counters_memory import MemoryCounterStore
+from .usage import TokenUsage, UsageRecord
 
 __all__ = ["Runtime", "active_runtime", "build_runtime"]
 
@@ -62,14 +72,36 @@ def _make_pricer(config: Config) -> PricingStep:
 
 class Runtime:
     def __init__(self, config: Config, tracer_provider: TracerProvider | None,
-                 meter_provider: MeterProvider | None) -> None:
+                 meter_provider: MeterProvider | None, *, clock: Callable[[], float] = time.time) -> None:
         from . import __version__
 
         self.config = config
         self.telemetry = Telemetry(config.attribution, meter_provider)
-        self.ledger = MemoryLedger()
         self.pricer = _make_pricer(config)
-        stages: list[Any] = [self.pricer, TelemetryStage(self.telemetry), self.ledger]
+        self.store: RecordStore
+        self.counters: CounterStore
+        if config.ledger.startswith("memory://"):
+            # In memory, appending is cheaper than handing off to a writer thread.
+            self.store, self.counters = MemoryRecordStore(), MemoryCounterStore(clock)
+            self.ledger: Any = self.store
+        else:
+            self.store, self.counters = open_ledger(config.ledger)
+            self.ledger = LedgerWriter(self.store)
+        self.budgets = BudgetEngine(
+            config.budgets,
+            self.counters,
+            currency=config.pricing.currency,
+            to_reporting=self.pricer.stage.to_reporting,
+            estimate_cost=self._estimate_cost,
+            on_event=lambda e: self.telemetry.budget_event(e.budget, e.scope, e.level),
+            on_exit=self._emergency_exit,
+            clock=clock,
+            max_instances=config.attribution.max_label_values,
+        )
+        self.budgets.register_gauges(self.telemetry.meter)
+        self.budgets.start(config.budget_check_interval)
+        self._meter_provider = meter_provider
+        stages: list[Any] = [self.pricer, self.budgets, TelemetryStage(self.telemetry), self.ledger]
         self.pipeline = Pipeline(stages)
         tracer = get_tracer("otel_llm_usage", __version__, tracer_provider,
                             schema_url="https://opentelemetry.io/schemas/1.37.0")
@@ -82,9 +114,69 @@ class Runtime:
             pricer=self.pricer,
         )
 
+    def _estimate_cost(self, record: UsageRecord, tokens: TokenUsage) -> tuple[Decimal, str] | None:
+        from .pricing import compute_cost
+
+        stage = self.pricer.stage
+        entry = stage.catalog.lookup(record.provider, record.model, record.server_address)
+        if entry is None or not entry.is_priced:
+            return None
+        return compute_cost(entry, tokens, record.request_params), entry.currency or stage.settings.currency
+
+    def budget_status(self) -> list[dict[str, Any]]:
+        return self.budgets.status()
+
+    def _emergency_exit(self, budget: BudgetConfig, event: BudgetEvent) -> None:
+        """``action: exit``: report, callbacks, flush what we hold, then end the process.
+
+        ``os._exit`` rather than ``SystemExit``: the call may be on any thread, and
+        host code catching ``BaseException`` must not be able to swallow the stop.
+        """
+        path = budget.exit_report or os.environ.get("OTEL_LLM_USAGE_EXIT_REPORT", "llm-usage-exit-report.json")
+        try:
+            self.budgets.write_report(path, event, {"usage_by_model": self.usage_by_model(),
+                                                    "exit_code": budget.exit_code})
+        except Exception as exc:  # noqa: BLE001
+            internal_error("exit_report", exc)
+        self.shutdown()
+        flush = getattr(self._meter_provider, "force_flush", None)
+        if flush is not None:
+            with contextlib.suppress(Exception):
+                flush(timeout_millis=5000)
+        logging.getLogger("otel_llm_usage.budgets").critical(
+            "budget %s exhausted with action: exit; terminating with code %d (report: %s)",
+            budget.name, budget.exit_code, path)
+        logging.shutdown()
+        os._exit(budget.exit_code)
+
+    def records(self, query: RecordQuery | None = None) -> list[UsageRecord]:
+        """Ledger records, after everything queued so far is written."""
+        flush = getattr(self.ledger, "flush", None)
+        if flush is not None:
+            flush(timeout=30)
+        return self.store.query(query or RecordQuery())
+
+    def usage_by_model(self) -> dict[str, dict[str, Any]]:
+        totals: dict[str, dict[str, Any]] = {}
+        for rec in self.records():
+            t = totals.setdefault(rec.model, {"requests": 0, "input_tokens": 0, "output_tokens": 0, "cost": {}})
+            t["requests"] += 1
+            t["input_tokens"] += rec.tokens.input_tokens
+            t["output_tokens"] += rec.tokens.output_tokens
+            if rec.cost is not None and rec.currency:
+                t["cost"][rec.currency] = str(Decimal(t["cost"].get(rec.currency, 0)) + rec.cost)
+        return totals
+
     def shutdown(self) -> None:
+        """Stop patching, flush the ledger, close the stores. Idempotent."""
+        if not self.handler.enabled:
+            return
         self.handler.enabled = False
+        self.budgets.close()
         self.pipeline.shutdown()
+        for closeable in (self.store, self.counters):
+            with contextlib.suppress(Exception):
+                closeable.close()
 
 
 _lock = threading.Lock()
@@ -92,9 +184,9 @@ _active: Runtime | None = None
 
 
 def build_runtime(config: Config | None = None, tracer_provider: TracerProvider | None = None,
-                  meter_provider: MeterProvider | None = None) -> Runtime:
+                  meter_provider: MeterProvider | None = None, *, clock: Callable[[], float] = time.time) -> Runtime:
     global _active
-    runtime = Runtime(config or load_config(), tracer_provider, meter_provider)
+    runtime = Runtime(config or load_config(), tracer_provider, meter_provider, clock=clock)
     with _lock:
         _active = runtime
     return runtime

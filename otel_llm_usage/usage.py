@@ -214,6 +214,8 @@ class UsageRecord:
     currency: str | None = None
     price_source: str | None = None
     priced: bool = False  # set once pricing ran, so a record is never priced twice
+    # Budget reservations taken before the call, settled by the budget stage; never persisted.
+    reservations: list[Any] = field(default_factory=list, repr=False, compare=False)
     # Request facts pricing may need (e.g. enable_thinking, region) — never content.
     request_params: dict[str, Any] = field(default_factory=dict)
 

@@ -66,7 +66,7 @@ class Otel:
     def records(self) -> list[UsageRecord]:
         runtime = self.instrumentor.runtime
         assert runtime is not None
-        return runtime.ledger.records()
+        return runtime.records()
 
     def scrape(self) -> str:
         return generate_latest(self.registry).decode()
@@ -84,7 +84,7 @@ class Otel:
         return sum(v for lbl, v in self.samples(name) if all(lbl.get(k) == val for k, val in labels.items()))
 
 
-def make_otel(server: LoopbackLLMServer, config: Config | None = None) -> Otel:
+def make_otel(server: LoopbackLLMServer, config: Config | None = None, **instrument_kwargs: Any) -> Otel:
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -93,7 +93,8 @@ def make_otel(server: LoopbackLLMServer, config: Config | None = None) -> Otel:
     meter_provider = MeterProvider(metric_readers=[reader])
     instrumentor = LLMUsageInstrumentor()
     config = config or Config(provider_hosts={"127.0.0.1": "openai"})
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, config=config)
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, config=config,
+                            **instrument_kwargs)
     return Otel(server, exporter, registry, instrumentor, meter_provider)
 
 

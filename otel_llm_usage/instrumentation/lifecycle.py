@@ -13,11 +13,14 @@ the single, opt-in exception).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from opentelemetry import trace
@@ -99,6 +102,7 @@ class Invocation:
         "estimated_output_chars",
         "first_chunk_at",
         "kwargs",
+        "model_usages",
         "record",
         "span",
         "stream_usage_injected",
@@ -118,6 +122,7 @@ class Invocation:
         self.stream_usage_injected = False
         self.first_chunk_at: float | None = None
         self.estimated_output_chars = [0, 0]
+        self.model_usages: list[tuple[str, TokenUsage]] = []
         self.record = UsageRecord(
             provider=info.provider,
             operation=spec.operation,
@@ -157,6 +162,9 @@ class Invocation:
                 attrs[key] = value
         if info.span_attributes:
             attrs.update(info.span_attributes)
+        downgraded_from = rec.request_params.get("downgraded_from")
+        if downgraded_from:
+            attrs[N.ATTR_DOWNGRADED_FROM] = str(downgraded_from)
         name = f"{rec.operation} {rec.request_model}" if rec.request_model else rec.operation
         self.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
         self._started = time.perf_counter()
@@ -171,6 +179,23 @@ class Invocation:
             self.record.tokens = tokens
             self.record.usage_source = "reported"
             self.usage_seen = True
+
+    def set_model_usages(self, usages: Sequence[tuple[str, TokenUsage | None]]) -> None:
+        """Usage split by model (an application runs several): one record per model, the span gets the sum.
+
+        Latest report wins, like :meth:`set_usage`; entries without a model name are ignored.
+        """
+        usable = [(model, tokens) for model, tokens in usages if model and tokens is not None]
+        if not usable:
+            return
+        self.model_usages = usable
+        self.set_usage(TokenUsage(
+            input_tokens=sum(t.input_tokens for _, t in usable),
+            output_tokens=sum(t.output_tokens for _, t in usable),
+            cached_input_tokens=sum(t.cached_input_tokens for _, t in usable),
+            cache_write_tokens=sum(t.cache_write_tokens for _, t in usable),
+            reasoning_tokens=sum(t.reasoning_tokens for _, t in usable),
+        ))
 
     def add_output_text(self, text: str | None) -> None:
         if text:
@@ -214,6 +239,7 @@ class Invocation:
 
     def _finalize(self, *, abandoned: bool) -> None:
         rec = self.record
+        records = [rec]
         try:
             end = time.perf_counter()
             rec.duration_s = max(0.0, end - self._started)
@@ -221,7 +247,8 @@ class Invocation:
                 rec.ttft_s = max(0.0, self.first_chunk_at - self._started)
             if not self.usage_seen:
                 self._estimate_usage(sent=rec.status != "error" or abandoned)
-            self._end_span(abandoned)
+            records = self._records()
+            self._end_span(abandoned, records)
         except Exception as exc:  # noqa: BLE001
             internal_error("finalize", exc)
             try:
@@ -231,7 +258,19 @@ class Invocation:
         self._args = ()
         self._kwargs = {}
         self.kwargs = {}
-        self._handler.pipeline.submit(rec)
+        for record in records:
+            self._handler.pipeline.submit(record)
+
+    def _records(self) -> list[UsageRecord]:
+        """The call's record, or one per model when usage came split by model (same call, own ids)."""
+        rec = self.record
+        if not self.model_usages:
+            return [rec]
+        return [
+            dataclasses.replace(rec, response_model=model, tokens=tokens, record_id=uuid.uuid4().hex,
+                                request_params=dict(rec.request_params))
+            for model, tokens in self.model_usages
+        ]
 
     def _estimate_usage(self, *, sent: bool) -> None:
         """No usage from the provider: an estimate, never zero, when the request got an answer."""
@@ -247,7 +286,7 @@ class Invocation:
         )
         rec.usage_source = "estimated"
 
-    def _end_span(self, abandoned: bool) -> None:
+    def _end_span(self, abandoned: bool, records: list[UsageRecord]) -> None:
         span = self.span
         rec = self.record
         if not span.is_recording():
@@ -276,7 +315,7 @@ class Invocation:
             attrs[N.ATTR_STREAM_ABANDONED] = True
         # Pricing runs in the pipeline after the span ends, so it adds cost via the record;
         # the handler sets cost attributes before ending when a synchronous pricer is present.
-        cost_attrs = self._handler.price_now(rec)
+        cost_attrs = self._price_now(records)
         if cost_attrs:
             attrs.update(cost_attrs)
         span.set_attributes(attrs)
@@ -284,6 +323,16 @@ class Invocation:
             span.set_attribute(N.ERROR_TYPE, rec.error_type or "_OTHER")
             span.set_status(Status(StatusCode.ERROR, rec.error_type))
         span.end()
+
+    def _price_now(self, records: list[UsageRecord]) -> dict[str, Any] | None:
+        """Span cost: the record's, or the sum of the per-model records' when all share a currency."""
+        priced = [self._handler.price_now(r) for r in records]
+        if len(records) == 1:
+            return priced[0]
+        if not all(priced) or len({r.currency for r in records}) != 1:
+            return None  # partly unpriced or mixed currencies: no honest single total
+        total = sum((r.cost or Decimal(0) for r in records), Decimal(0))
+        return {N.ATTR_COST: float(total), N.ATTR_CURRENCY: records[0].currency or "unknown"}
 
 
 def _error_type(exc: BaseException) -> str:
@@ -352,12 +401,14 @@ class CallHandler:
         return inv
 
     def _pre_call(self, inv: Invocation, info: RequestInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:
-            latin, cjk = inv.adapter.input_text_size(args, kwargs)
-            intent = CallIntent(inv.record, estimate_tokens(latin, cjk), info.max_output_tokens)
-        except Exception as exc:  # noqa: BLE001
-            internal_error("pre_call", exc)
-            return
+        def estimate_input() -> int:
+            try:
+                return estimate_tokens(*inv.adapter.input_text_size(args, kwargs))
+            except Exception as exc:  # noqa: BLE001
+                internal_error("pre_call_estimate", exc)
+                return 0
+
+        intent = CallIntent(inv.record, estimate_input, info.max_output_tokens)
         try:
             new_model = self.pipeline.before_call(intent)
         except BudgetExceeded as exc:

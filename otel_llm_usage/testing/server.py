@@ -406,6 +406,8 @@ def _decode_json(raw: bytes) -> Any:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # Concurrency tests open dozens of connections at once; the default backlog of 5 resets them.
+    request_queue_size = 256
     block_on_close = False
     owner: LoopbackLLMServer
 

@@ -1,0 +1,383 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Budget enforcement: pre-call reservations, post-call settlement, events and gauges.
+
+Before a call, every matching budget whose action is ``block``, ``downgrade``
+or ``exit`` tries to *reserve* the call's estimated cost and tokens in the
+counter store (memory, SQLite or Redis — atomically, across processes).
+A reservation is admitted iff ``used + in-flight`` is still below the limit;
+after the call it is settled to the actual usage.
+
+Overshoot bound (documented in the README): when every in-flight call's
+actual usage is within its reservation, the final usage of a window exceeds
+the limit by at most the reservation of the last admitted call — whatever the
+number of concurrent callers or processes. Reservations under-estimate only
+when the request sets no ``max_tokens`` and the answer is longer than
+``default_output_reservation``; that excess is the only other overshoot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from .. import _names as N
+from .._guard import internal_error
+from ..errors import BudgetExceeded
+from ..ledger.base import Amount, CounterStore, Limit, from_nanos, to_nanos
+from ..pipeline import CallIntent
+from ..usage import TokenUsage, UsageRecord
+from .config import BudgetConfig
+from .windows import Window, current_window
+
+__all__ = ["BudgetEngine", "BudgetEvent", "budget_bypass"]
+
+logger = logging.getLogger("otel_llm_usage.budgets")
+_bypass: ContextVar[bool] = ContextVar("otel_llm_usage_budget_bypass", default=False)
+
+
+@contextlib.contextmanager
+def budget_bypass() -> Iterator[None]:
+    """Calls inside this block are recorded but never blocked, downgraded or exited (admin work)."""
+    token = _bypass.set(True)
+    try:
+        yield
+    finally:
+        _bypass.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetEvent:
+    budget: str
+    scope: str
+    level: str  # warn | exceeded | blocked | downgraded | exit
+    window: str
+    used: float
+    limit: float
+    unit: str
+    threshold: float | None = None
+
+
+@dataclass(slots=True)
+class _Reservation:
+    budget: BudgetConfig
+    scope: str
+    bucket: str
+    inflight_key: str
+    amount: Amount
+    ttl_s: int | None
+
+
+class BudgetEngine:
+    """A pipeline stage (settlement) and pre-call stage (admission) for the configured budgets."""
+
+    def __init__(
+        self,
+        budgets: tuple[BudgetConfig, ...],
+        store: CounterStore,
+        *,
+        currency: str,
+        to_reporting: Callable[[Decimal, str], Decimal],
+        estimate_cost: Callable[[UsageRecord, TokenUsage], tuple[Decimal, str] | None],
+        on_event: Callable[[BudgetEvent], None] | None = None,
+        on_exit: Callable[[BudgetConfig, BudgetEvent], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        default_output_reservation: int = 1024,
+        max_instances: int = 1000,
+    ) -> None:
+        self.budgets = budgets
+        self.store = store
+        self.currency = currency
+        self._to_reporting = to_reporting
+        self._estimate_cost = estimate_cost
+        self._on_event = on_event
+        self._on_exit = on_exit
+        self._clock = clock
+        self.default_output_reservation = default_output_reservation
+        self.max_instances = max_instances
+        self.callbacks: list[Callable[[BudgetEvent], None]] = []
+        self._instances: dict[tuple[str, str], BudgetConfig] = {}
+        self._lock = threading.Lock()
+        self._gauge_cache: list[dict[str, Any]] = []
+        self._logged: set[tuple[str, str, str, str]] = set()
+        self._unconvertible: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def wants_pre_call(self) -> bool:
+        return any(b.action != "alert" for b in self.budgets)
+
+    # -- matching --------------------------------------------------------------
+    @staticmethod
+    def matches(budget: BudgetConfig, record: UsageRecord) -> bool:
+        m = budget.match
+        if m.provider is not None and m.provider != record.provider:
+            return False
+        if m.model is not None and not fnmatch.fnmatchcase(record.model, m.model):
+            return False
+        return all(
+            want is None or want == getattr(record, key)
+            for key, want in (("function", m.function), ("user", m.user), ("session", m.session),
+                              ("anchor", m.anchor))
+        )
+
+    @staticmethod
+    def scope_of(budget: BudgetConfig, record: UsageRecord) -> str:
+        if budget.per is None:
+            return "all"
+        value = record.model if budget.per == "model" else getattr(record, budget.per)
+        return str(value) if value else N.UNKNOWN
+
+    def _keys(self, budget: BudgetConfig, scope: str, window: Window) -> tuple[list[str], str, str]:
+        base = f"{budget.name}|{scope}"
+        return [f"{base}|{b}" for b in window.bucket_ids], f"{base}|{window.current_bucket}", f"{base}|inflight"
+
+    @staticmethod
+    def _limit(budget: BudgetConfig) -> Limit:
+        lim = budget.limit
+        return Limit(to_nanos(lim.cost) if lim.cost is not None else None, lim.tokens)
+
+    def _remember(self, budget: BudgetConfig, scope: str) -> None:
+        key = (budget.name, scope)
+        if key not in self._instances:
+            with self._lock:
+                if len(self._instances) < self.max_instances or budget.per is None:
+                    self._instances[key] = budget
+
+    # -- before the call ---------------------------------------------------------
+    def before_call(self, intent: CallIntent) -> str | None:
+        if _bypass.get() or not self.budgets:
+            return None
+        record = intent.record
+        reservation: Amount | None = None
+        new_model: str | None = None
+        now = self._clock()
+        for budget in self.budgets:
+            if budget.action == "alert" or not self.matches(budget, record):
+                continue
+            if reservation is None:
+                reservation = self._reservation(intent)
+            scope = self.scope_of(budget, record)
+            self._remember(budget, scope)
+            window = current_window(budget.window, budget.timezone, now)
+            used_keys, bucket, inflight_key = self._keys(budget, scope, window)
+            admitted, used, inflight = self.store.try_reserve(used_keys, inflight_key, reservation,
+                                                              self._limit(budget), window.ttl_s)
+            if admitted:
+                record.reservations.append(_Reservation(budget, scope, bucket, inflight_key, reservation,
+                                                        window.ttl_s))
+                continue
+            event = self._event(budget, scope, window, used + inflight, level=_REFUSAL[budget.action])
+            if budget.action == "downgrade":
+                new_model = budget.downgrade_to
+                continue
+            self._release(record)
+            if budget.action == "exit" and self._on_exit is not None:
+                self._on_exit(budget, event)  # does not return when it terminates the process
+            unit, used_v, limit_v = self._primary(budget, used + inflight)
+            raise BudgetExceeded(budget.name, scope, used_v, limit_v, unit)
+        return new_model
+
+    def _reservation(self, intent: CallIntent) -> Amount:
+        out = intent.max_output_tokens or self.default_output_reservation
+        tokens = TokenUsage(input_tokens=intent.estimated_input_tokens, output_tokens=out)
+        priced = self._estimate_cost(intent.record, tokens)
+        return Amount(self._nanos(*priced) if priced is not None else 0, tokens.total_tokens)
+
+    def _release(self, record: UsageRecord) -> None:
+        for r in record.reservations:
+            self.store.settle(r.bucket, r.inflight_key, r.amount, Amount(), r.ttl_s)
+        record.reservations.clear()
+
+    # -- after the call ------------------------------------------------------------
+    def process(self, record: UsageRecord) -> None:
+        if record.status == "blocked" or not self.budgets:
+            self._release(record)
+            return
+        actual = self._actual(record)
+        reserved = {(r.budget.name, r.scope): r for r in record.reservations}
+        record.reservations.clear()
+        now = self._clock()
+        for budget in self.budgets:
+            held = None
+            if not self.matches(budget, record):
+                # The model may have been downgraded away from this budget's glob: still settle what was held.
+                held = next((r for (name, _), r in reserved.items() if name == budget.name), None)
+                if held is None:
+                    continue
+            scope = held.scope if held else self.scope_of(budget, record)
+            self._remember(budget, scope)
+            window = current_window(budget.window, budget.timezone, now)
+            used_keys, bucket, inflight_key = self._keys(budget, scope, window)
+            held = held or reserved.get((budget.name, scope))
+            if held is not None:
+                self.store.settle(bucket, held.inflight_key, held.amount, actual, window.ttl_s)
+            else:
+                self.store.add(bucket, actual, window.ttl_s)
+            used, _ = self.store.read(used_keys, inflight_key)
+            self._thresholds(budget, scope, window, used)
+
+    def _actual(self, record: UsageRecord) -> Amount:
+        cost = 0
+        if record.cost is not None and record.currency:
+            cost = self._nanos(record.cost, record.currency)
+        return Amount(cost, record.tokens.total_tokens)
+
+    def _nanos(self, cost: Decimal, currency: str | None) -> int:
+        if currency and currency != self.currency:
+            try:
+                cost = self._to_reporting(cost, currency)
+            except (ValueError, ArithmeticError):
+                if currency not in self._unconvertible:
+                    self._unconvertible.add(currency)
+                    logger.warning("budgets: %s costs cannot be converted to %s; add pricing.exchange_rates.%s "
+                                   "to the config. Until then they count as tokens only.",
+                                   currency, self.currency, currency)
+                return 0
+        return to_nanos(cost)
+
+    def _thresholds(self, budget: BudgetConfig, scope: str, window: Window, used: Amount) -> None:
+        util = self._utilization(budget, used)
+        levels = [(t, "warn") for t in budget.warn_at if util >= t]
+        if util >= 1:
+            levels.append((1.0, "exceeded"))
+        for threshold, level in levels:
+            mark = f"{budget.name}|{scope}|{window.id}|{level}|{threshold}"
+            if self.store.mark_once(mark, window.ttl_s):
+                self._event(budget, scope, window, used, level=level, threshold=threshold)
+
+    def _utilization(self, budget: BudgetConfig, used: Amount) -> float:
+        limit = self._limit(budget)
+        utils = []
+        if limit.cost_nanos:
+            utils.append(used.cost_nanos / limit.cost_nanos)
+        if limit.tokens:
+            utils.append(used.tokens / limit.tokens)
+        return max(utils, default=0.0)
+
+    def _primary(self, budget: BudgetConfig, used: Amount) -> tuple[str, Any, Any]:
+        """The unit that is closest to (or past) its limit, for messages."""
+        lim = budget.limit
+        if lim.cost is not None and (lim.tokens is None or used.cost_nanos / to_nanos(lim.cost)
+                                     >= used.tokens / lim.tokens):
+            return self.currency, from_nanos(used.cost_nanos), lim.cost
+        return "tokens", used.tokens, lim.tokens
+
+    def _event(self, budget: BudgetConfig, scope: str, window: Window, used: Amount, *, level: str,
+               threshold: float | None = None) -> BudgetEvent:
+        unit, used_v, limit_v = self._primary(budget, used)
+        event = BudgetEvent(budget.name, scope, level, window.kind, float(used_v), float(limit_v), unit, threshold)
+        # Every refusal is counted; only the first of each kind per window is logged at WARNING.
+        first = (budget.name, scope, window.id, level) not in self._logged
+        if first:
+            with self._lock:
+                if len(self._logged) > 10_000:
+                    self._logged.clear()
+                self._logged.add((budget.name, scope, window.id, level))
+        log = logger.warning if first and level in ("exceeded", "blocked", "exit") else (
+            logger.info if first else logger.debug)
+        log("budget %s (%s) %s: %s of %s %s used", budget.name, scope, level, used_v, limit_v, unit)
+        for fn in (self._on_event, *self.callbacks):
+            if fn is None:
+                continue
+            try:
+                fn(event)
+            except Exception as exc:  # noqa: BLE001 - a user callback must not break the call
+                internal_error("budget_callback", exc)
+        return event
+
+    # -- status, gauges, periodic refresh ----------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        with self._lock:
+            instances = list(self._instances.items())
+        out = []
+        for (name, scope), budget in instances:
+            window = current_window(budget.window, budget.timezone, now)
+            used_keys, _, inflight_key = self._keys(budget, scope, window)
+            used, inflight = self.store.read(used_keys, inflight_key)
+            for unit, used_v, limit_v in self._units(budget, used):
+                util = float(used_v) / float(limit_v)
+                elapsed = window.elapsed(now)
+                rate = float(used_v) / elapsed if elapsed > 0 else 0.0
+                remaining = float(limit_v) - float(used_v)
+                out.append({
+                    "budget": name, "scope": scope, "window": budget.window, "unit": unit,
+                    "used": used_v, "limit": limit_v, "utilization": util,
+                    "in_flight": from_nanos(inflight.cost_nanos) if unit != "tokens" else inflight.tokens,
+                    "window_start": window.start, "window_end": window.end if window.end != float("inf") else None,
+                    "action": budget.action,
+                    "state": "exceeded" if util >= 1 else ("warn" if budget.warn_at and util >= budget.warn_at[0]
+                                                            else "ok"),
+                    "seconds_to_exhaustion": (remaining / rate if rate > 0 and remaining > 0 else
+                                              (0.0 if remaining <= 0 else None)),
+                })
+        return out
+
+    def _units(self, budget: BudgetConfig, used: Amount) -> list[tuple[str, Any, Any]]:
+        out: list[tuple[str, Any, Any]] = []
+        if budget.limit.cost is not None:
+            out.append((self.currency, from_nanos(used.cost_nanos), budget.limit.cost))
+        if budget.limit.tokens is not None:
+            out.append(("tokens", used.tokens, budget.limit.tokens))
+        return out
+
+    def refresh(self) -> None:
+        """Re-read every known instance (window roll-over, rolling decay, other processes' usage)."""
+        try:
+            self._gauge_cache = self.status()
+        except Exception as exc:  # noqa: BLE001
+            internal_error("budget_refresh", exc)
+
+    def register_gauges(self, meter: Any) -> None:
+        def observe(field: str) -> Callable[[CallbackOptions], list[Observation]]:
+            def callback(options: CallbackOptions) -> list[Observation]:
+                self.refresh()
+                return [Observation(float(s[field]), {"budget": s["budget"], "scope": s["scope"],
+                                                      "window": s["window"], "unit": s["unit"]})
+                        for s in self._gauge_cache]
+            return callback
+
+        meter.create_observable_gauge(N.METRIC_BUDGET_LIMIT, [observe("limit")], description="Budget limit.")
+        meter.create_observable_gauge(N.METRIC_BUDGET_USED, [observe("used")],
+                                      description="Usage in the budget's current window.")
+        meter.create_observable_gauge(N.METRIC_BUDGET_UTILIZATION, [observe("utilization")],
+                                      description="used / limit (1 = exhausted).")
+
+    def start(self, interval_s: float) -> None:
+        if self._thread is not None or not self.budgets:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="otel-llm-usage-budgets", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def write_report(self, path: str | os.PathLike[str], event: BudgetEvent, extra: dict[str, Any]) -> None:
+        report = {"reason": asdict(event), "time": self._clock(), "budgets": self.status(), **extra}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, default=str, indent=2), encoding="utf-8")
+
+
+_REFUSAL = {"block": "blocked", "downgrade": "downgraded", "exit": "exit"}

@@ -1,0 +1,125 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The two ledger interfaces every backend (memory, SQLite, Redis) implements.
+
+* :class:`RecordStore` keeps one row per call for reports, retention and deletes.
+  Writes arrive in batches from a background writer, never on the calling thread.
+* :class:`CounterStore` keeps budget counters and answers the one hot-path
+  question atomically: "may this call start, and if so hold its reservation".
+
+Money in counters is an integer number of nano-units (1e-9) of the reporting
+currency, so Redis ``INCRBY`` and SQLite integer columns stay exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Protocol, runtime_checkable
+
+from ..usage import UsageRecord
+
+__all__ = ["NANOS", "Amount", "CounterStore", "RecordQuery", "RecordStore", "from_nanos", "to_nanos"]
+
+NANOS = Decimal("1e9")
+
+
+def to_nanos(cost: Decimal) -> int:
+    return int((cost * NANOS).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_nanos(nanos: int) -> Decimal:
+    return Decimal(nanos) / NANOS
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """Cost (nano-units of the reporting currency) and tokens, added together as a pair."""
+
+    cost_nanos: int = 0
+    tokens: int = 0
+
+    def __add__(self, other: Amount) -> Amount:
+        return Amount(self.cost_nanos + other.cost_nanos, self.tokens + other.tokens)
+
+    def __sub__(self, other: Amount) -> Amount:
+        return Amount(self.cost_nanos - other.cost_nanos, self.tokens - other.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """``None`` = not limited on that axis."""
+
+    cost_nanos: int | None = None
+    tokens: int | None = None
+
+    def exhausted_by(self, used: Amount) -> bool:
+        return (self.cost_nanos is not None and used.cost_nanos >= self.cost_nanos) or (
+            self.tokens is not None and used.tokens >= self.tokens
+        )
+
+
+@runtime_checkable
+class CounterStore(Protocol):
+    """Budget counters. ``used_keys`` are the window's bucket keys (one for calendar windows,
+    several for rolling ones); ``inflight_key`` holds outstanding reservations of one budget instance.
+    Every method is atomic with respect to other processes sharing the store."""
+
+    def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
+                    ttl_s: int | None) -> tuple[bool, Amount, Amount]:
+        """Admit iff ``used + inflight`` is below ``limit`` on every limited axis; if admitted,
+        add ``reservation`` to in-flight. Returns (admitted, used, inflight) as seen by the check."""
+        ...
+
+    def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+               ttl_s: int | None) -> None:
+        """Release a reservation and add the actual usage to the current bucket."""
+        ...
+
+    def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
+        """Add usage with no reservation (alert-only budgets, manual records)."""
+        ...
+
+    def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
+        """(used, inflight) now."""
+        ...
+
+    def mark_once(self, key: str, ttl_s: int | None) -> bool:
+        """True the first time ``key`` is marked (until it expires): warn-once per window, across processes."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecordQuery:
+    since: float | None = None  # epoch seconds, inclusive
+    until: float | None = None  # epoch seconds, exclusive
+    provider: str | None = None
+    model: str | None = None
+    function: str | None = None
+    user: str | None = None
+    session: str | None = None
+    anchor: str | None = None
+    limit: int | None = None
+
+
+@runtime_checkable
+class RecordStore(Protocol):
+    def append(self, records: Sequence[UsageRecord]) -> None:
+        """Write a batch; raise on failure (the writer retries and buffers)."""
+        ...
+
+    def query(self, q: RecordQuery) -> list[UsageRecord]:
+        """Records matching ``q``, oldest first."""
+        ...
+
+    def delete(self, *, model: str | None = None, user: str | None = None) -> int:
+        """Delete every record of a model and/or user; returns how many."""
+        ...
+
+    def purge(self, before: float) -> int:
+        """Retention: drop records older than ``before`` (epoch seconds)."""
+        ...
+
+    def close(self) -> None: ...

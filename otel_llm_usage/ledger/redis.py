@@ -1,0 +1,248 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Redis ledger: budget counters and records shared by every process of a deployment.
+
+Needs the ``redis`` extra (``pip install 'otel-llm-usage[redis]'``)::
+
+    counters = RedisCounterStore("redis://localhost:6379/0", prefix="myapp:")
+    counters.try_reserve(["b:day:2024-06-01"], "b:inflight", Amount(0, 500), Limit(tokens=10_000), 86_400)
+    records = RedisRecordStore("redis://localhost:6379/0")
+    records.append(batch)
+    records.query(RecordQuery(since=time.time() - 86_400, user="alice"))
+
+Key layout (``P`` is the prefix, default ``llm_usage:``):
+
+* ``P c:<key>`` — a hash ``{c: cost nano-units, t: tokens}`` per counter key (window bucket or
+  in-flight reservations). ``HINCRBY`` keeps both exact 64-bit integers; the key's Redis TTL is
+  the counter's TTL, so an expired counter is simply absent.
+* ``P m:<key>`` — a warn-once mark, ``SET NX EX``.
+* ``P records`` — a sorted set: member = the record as compact JSON (``_records.COLUMNS`` names,
+  ``None`` values left out), score = its timestamp. Chosen over a Stream because records arrive
+  out of time order (batched, retried after outages) and a sorted set still answers a time range
+  exactly (``ZRANGE BYSCORE``) and purges exactly (``ZREMRANGEBYSCORE``). The member contains the
+  ``record_id``, so a batch retried after an ambiguous failure is not stored twice.
+
+Every counter operation is exactly one round trip: a Lua script (registered once, sent as
+``EVALSHA``; redis-py re-sends the body after a ``NOSCRIPT``) or a single command. The Lua
+scripts compare and clamp in Lua numbers (doubles), exact up to 2**53 nano-units (about 9
+million currency units in one budget window); the stored values and the values returned to
+Python are exact integers regardless. Multi-key scripts need all keys in one slot on Redis
+Cluster: give budget keys a ``{hash tag}`` there.
+
+Connections use short timeouts and no client-side retries, so an unreachable Redis fails fast
+and :class:`~otel_llm_usage.ledger.resilient.FailOpenCounterStore` can answer locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import ConfigError
+from ..usage import UsageRecord
+from ._records import deletion, from_mapping, matches, select, to_mapping
+from .base import Amount, Limit, RecordQuery
+
+if TYPE_CHECKING:
+    import redis as redis_lib
+
+__all__ = ["DEFAULT_PREFIX", "RedisCounterStore", "RedisRecordStore"]
+
+DEFAULT_PREFIX = "llm_usage:"
+
+# KEYS = used keys..., inflight key (last). ARGV = reservation cost, tokens; limit cost, tokens ("" = no
+# limit); ttl ("" = keep the key's TTL). Returns {admitted, used/inflight raw values as strings}: Python
+# sums the raw strings so the amounts it reports are exact.
+_TRY_RESERVE = """
+local n = #KEYS
+local raw = {}
+local c, t = 0, 0
+for i = 1, n do
+  local v = redis.call('HMGET', KEYS[i], 'c', 't')
+  raw[2 * i - 1] = v[1] or '0'
+  raw[2 * i] = v[2] or '0'
+  c = c + (tonumber(v[1]) or 0)
+  t = t + (tonumber(v[2]) or 0)
+end
+local exhausted = (ARGV[3] ~= '' and c >= tonumber(ARGV[3])) or (ARGV[4] ~= '' and t >= tonumber(ARGV[4]))
+if exhausted then
+  return {0, raw}
+end
+redis.call('HINCRBY', KEYS[n], 'c', ARGV[1])
+redis.call('HINCRBY', KEYS[n], 't', ARGV[2])
+if ARGV[5] ~= '' then redis.call('EXPIRE', KEYS[n], ARGV[5]) end
+return {1, raw}
+"""
+
+# KEYS = bucket, inflight. ARGV = reserved cost, tokens; actual cost, tokens; ttl ("" = keep).
+# In-flight never goes below zero (a reservation released twice, or after its key expired).
+_SETTLE = """
+local v = redis.call('HMGET', KEYS[2], 'c', 't')
+local c = (tonumber(v[1]) or 0) - tonumber(ARGV[1])
+local t = (tonumber(v[2]) or 0) - tonumber(ARGV[2])
+if c < 0 then c = 0 end
+if t < 0 then t = 0 end
+redis.call('HSET', KEYS[2], 'c', string.format('%.0f', c), 't', string.format('%.0f', t))
+redis.call('HINCRBY', KEYS[1], 'c', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 't', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+return 1
+"""
+
+# KEYS = bucket. ARGV = cost, tokens, ttl ("" = keep).
+_ADD = """
+redis.call('HINCRBY', KEYS[1], 'c', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 't', ARGV[2])
+if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+# KEYS = used keys..., inflight key (last). Returns the raw values, read atomically.
+_READ = """
+local raw = {}
+for i = 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'c', 't')
+  raw[2 * i - 1] = v[1] or '0'
+  raw[2 * i] = v[2] or '0'
+end
+return raw
+"""
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ConfigError("the redis:// ledger needs the redis client: pip install 'otel-llm-usage[redis]'") \
+            from exc
+    return redis
+
+
+def _connect(url: str, socket_timeout: float, prefix: str | None,
+             client: redis_lib.Redis | None) -> tuple[redis_lib.Redis, str]:
+    """The client to use and the key prefix: explicit arguments win over the URL's ``?prefix=``."""
+    if client is None:
+        client, url_prefix = _client(url, socket_timeout)
+        prefix = prefix if prefix is not None else url_prefix
+    return client, prefix if prefix is not None else DEFAULT_PREFIX
+
+
+def _client(url: str, socket_timeout: float) -> tuple[redis_lib.Redis, str | None]:
+    """A client for ``url`` (its ``?prefix=`` taken out and returned), failing fast instead of retrying."""
+    redis = _import_redis()
+    parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in params if k == "prefix"), None)
+    clean = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in params if k != "prefix"])))
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # redis-py's default is ten retries with backoff (seconds of blocking); the caller degrades instead.
+    client = redis.Redis.from_url(clean, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                                  retry=Retry(NoBackoff(), 0))
+    return client, prefix
+
+
+def _ttl(ttl_s: int | None) -> str:
+    return "" if ttl_s is None else str(int(ttl_s))
+
+
+def _limit(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _amounts(raw: Sequence[bytes | str]) -> list[Amount]:
+    return [Amount(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+
+class RedisCounterStore:
+    """:class:`~otel_llm_usage.ledger.base.CounterStore` on Redis; behaves like ``MemoryCounterStore``
+    (TTLs in whole seconds, as Redis keeps them)."""
+
+    def __init__(self, url: str = "redis://localhost:6379/0", *, prefix: str | None = None,
+                 socket_timeout: float = 0.5, client: redis_lib.Redis | None = None) -> None:
+        client, self._prefix = _connect(url, socket_timeout, prefix, client)
+        self._redis = client
+        self._try_reserve = client.register_script(_TRY_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+        self._add = client.register_script(_ADD)
+        self._read = client.register_script(_READ)
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}c:{key}"
+
+    def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
+                    ttl_s: int | None) -> tuple[bool, Amount, Amount]:
+        keys = [self._key(k) for k in (*used_keys, inflight_key)]
+        admitted, raw = self._try_reserve(keys, [reservation.cost_nanos, reservation.tokens,
+                                                 _limit(limit.cost_nanos), _limit(limit.tokens), _ttl(ttl_s)])
+        amounts = _amounts(raw)
+        return bool(admitted), sum(amounts[:-1], Amount()), amounts[-1]
+
+    def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+               ttl_s: int | None) -> None:
+        self._settle([self._key(bucket_key), self._key(inflight_key)],
+                     [reserved.cost_nanos, reserved.tokens, actual.cost_nanos, actual.tokens, _ttl(ttl_s)])
+
+    def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
+        self._add([self._key(bucket_key)], [actual.cost_nanos, actual.tokens, _ttl(ttl_s)])
+
+    def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
+        amounts = _amounts(self._read([self._key(k) for k in (*used_keys, inflight_key)]))
+        return sum(amounts[:-1], Amount()), amounts[-1]
+
+    def mark_once(self, key: str, ttl_s: int | None) -> bool:
+        if ttl_s is not None and ttl_s <= 0:
+            return True  # already expired when set, as in MemoryCounterStore; Redis rejects EX 0
+        return bool(self._redis.set(f"{self._prefix}m:{key}", 1, nx=True, ex=ttl_s))
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+class RedisRecordStore:
+    """:class:`~otel_llm_usage.ledger.base.RecordStore` on a Redis sorted set scored by timestamp."""
+
+    _PAGE = 1000
+
+    def __init__(self, url: str = "redis://localhost:6379/0", *, prefix: str | None = None,
+                 socket_timeout: float = 5.0, client: redis_lib.Redis | None = None) -> None:
+        self._redis, prefix = _connect(url, socket_timeout, prefix, client)
+        self._key = f"{prefix}records"
+
+    def append(self, records: Sequence[UsageRecord]) -> None:
+        if records:
+            self._redis.zadd(self._key, {to_mapping(r): r.timestamp for r in records})
+
+    def _scan(self, since: float | None, until: float | None) -> Any:
+        """Members in time order, one page per round trip (a report never loads the whole set at once)."""
+        low = "-inf" if since is None else repr(since)
+        high = "+inf" if until is None else f"({until!r}"
+        offset = 0
+        while True:
+            page = self._redis.zrangebyscore(self._key, low, high, start=offset, num=self._PAGE)
+            yield from page
+            if len(page) < self._PAGE:
+                return
+            offset += len(page)
+
+    def query(self, q: RecordQuery) -> list[UsageRecord]:
+        return select(q, (from_mapping(m) for m in self._scan(q.since, q.until)))
+
+    def delete(self, *, model: str | None = None, user: str | None = None) -> int:
+        q = deletion(model, user)
+        doomed = [m for m in self._redis.zscan_iter(self._key, count=self._PAGE, score_cast_func=float)
+                  if matches(q, from_mapping(m[0]))]
+        removed = 0
+        for i in range(0, len(doomed), self._PAGE):
+            removed += int(self._redis.zrem(self._key, *(m[0] for m in doomed[i:i + self._PAGE])))
+        return removed
+
+    def purge(self, before: float) -> int:
+        return int(self._redis.zremrangebyscore(self._key, "-inf", f"({before!r}"))
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,275 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Budget counters that never fail the host: a shared store with a local stand-in.
+
+::
+
+    counters = FailOpenCounterStore(RedisCounterStore(url), probe_interval=5.0)
+    counters.try_reserve(...)       # Redis down? answered locally, never raised
+    counters.degraded_ops           # how many operations the local store answered
+
+When the primary store raises (Redis unreachable, SQLite locked or read-only), the
+fault is logged once and counted through :func:`~otel_llm_usage._guard.internal_error`,
+the store switches to *degraded* and the local fallback answers. While degraded the
+primary is not touched again until ``probe_interval`` seconds have passed, so an outage
+costs one timeout per interval, not one per call. The first operation after that
+probes: it replays the usage recorded while degraded (``add`` / ``settle`` deltas,
+merged per key) into the primary, and on success the store is healthy again, so the
+shared totals reconcile.
+
+What stays approximate during an outage, always on the safe (counting more) side:
+
+* Admission uses the last ``used + inflight`` seen from the primary for the same keys
+  (kept for the ``baseline_size`` most recent budget instances) plus the local usage, so
+  a user who was at the limit stays blocked; other processes' spend is not seen until
+  the primary is back.
+* A reservation taken on the primary and settled while degraded is released on the
+  primary at replay; until then it counts both as in-flight and as used.
+* An operation that failed *after* the primary applied it (a reply lost on the wire) is
+  counted again at replay: over-counting is the failure mode budgets can live with.
+* ``mark_once`` falls back to local marks: a warning may fire once more per process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from .._guard import internal_error
+from .base import Amount, CounterStore, Limit
+from .counters_memory import MemoryCounterStore
+
+__all__ = ["FailOpenCounterStore"]
+
+T = TypeVar("T")
+# (bucket key, inflight key or None for plain adds) → [reserved, actual, ttl]
+_Pending = dict[tuple[str, str | None], tuple[Amount, Amount, int | None]]
+
+
+class _Unavailable:
+    """What :meth:`FailOpenCounterStore._attempt` returns when the fallback has to answer."""
+
+
+_UNAVAILABLE = _Unavailable()
+
+
+def _covers(have: Amount, need: Amount) -> bool:
+    return have.cost_nanos >= need.cost_nanos and have.tokens >= need.tokens
+
+
+def _reduced(limit: Limit, by: Amount) -> Limit:
+    return Limit(None if limit.cost_nanos is None else limit.cost_nanos - by.cost_nanos,
+                 None if limit.tokens is None else limit.tokens - by.tokens)
+
+
+class FailOpenCounterStore:
+    """A :class:`~otel_llm_usage.ledger.base.CounterStore` that answers from ``fallback`` while
+    ``primary`` fails and replays the difference once it is back.
+
+    ``on_degraded(op)`` is called (guarded) for every operation the fallback answers, with the
+    operation's name, e.g. to feed a metric; ``degraded_ops`` counts the same.
+    """
+
+    def __init__(self, primary: CounterStore, fallback: CounterStore | None = None, *,
+                 probe_interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 on_degraded: Callable[[str], None] | None = None, baseline_size: int = 10_000) -> None:
+        self.primary = primary
+        self.fallback: CounterStore = fallback if fallback is not None else MemoryCounterStore()
+        self.on_degraded = on_degraded
+        self.probe_interval = probe_interval
+        self.degraded_ops = 0
+        self.outages = 0
+        self.recoveries = 0
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down = False
+        self._next_probe = 0.0
+        self._pending: _Pending = {}
+        self._local_reserved: dict[str, Amount] = {}
+        self._baseline: OrderedDict[tuple[tuple[str, ...], str], tuple[Amount, Amount]] = OrderedDict()
+        self._baseline_size = baseline_size
+        self._kind = f"ledger.counters:{type(primary).__name__}"
+
+    @property
+    def degraded(self) -> bool:
+        return self._down
+
+    def pending(self) -> dict[tuple[str, str | None], tuple[Amount, Amount, int | None]]:
+        """Usage recorded while degraded and not replayed yet (for tests and diagnostics)."""
+        with self._lock:
+            return dict(self._pending)
+
+    # --- CounterStore -------------------------------------------------------------------------
+
+    def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
+                    ttl_s: int | None) -> tuple[bool, Amount, Amount]:
+        where = (tuple(used_keys), inflight_key)
+        answer = self._attempt("try_reserve", lambda: self.primary.try_reserve(
+            used_keys, inflight_key, reservation, limit, ttl_s))
+        if not isinstance(answer, _Unavailable):
+            admitted, used, inflight = answer
+            self._remember(where, used, inflight + reservation if admitted else inflight)
+            return answer
+        base_used, base_inflight = self._recall(where)
+        admitted, used, inflight = self.fallback.try_reserve(
+            used_keys, inflight_key, reservation, _reduced(limit, base_used + base_inflight), ttl_s)
+        if admitted:
+            with self._lock:
+                held = self._local_reserved.get(inflight_key, Amount())
+                self._local_reserved[inflight_key] = held + reservation
+        return admitted, used + base_used, inflight + base_inflight
+
+    def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+               ttl_s: int | None) -> None:
+        if self._take_local(inflight_key, reserved):
+            # Reserved by the fallback during an outage: release it there, count the usage as new.
+            self.fallback.settle(bucket_key, inflight_key, reserved, Amount(), ttl_s)
+            self.add(bucket_key, actual, ttl_s)
+            return
+        answer = self._attempt("settle", lambda: self.primary.settle(
+            bucket_key, inflight_key, reserved, actual, ttl_s))
+        if isinstance(answer, _Unavailable):
+            self.fallback.add(bucket_key, actual, ttl_s)
+            self._defer(bucket_key, inflight_key, reserved, actual, ttl_s)
+
+    def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
+        answer = self._attempt("add", lambda: self.primary.add(bucket_key, actual, ttl_s))
+        if isinstance(answer, _Unavailable):
+            self.fallback.add(bucket_key, actual, ttl_s)
+            self._defer(bucket_key, None, Amount(), actual, ttl_s)
+
+    def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
+        where = (tuple(used_keys), inflight_key)
+        answer = self._attempt("read", lambda: self.primary.read(used_keys, inflight_key))
+        if not isinstance(answer, _Unavailable):
+            self._remember(where, *answer)
+            return answer
+        base_used, base_inflight = self._recall(where)
+        used, inflight = self.fallback.read(used_keys, inflight_key)
+        return used + base_used, inflight + base_inflight
+
+    def mark_once(self, key: str, ttl_s: int | None) -> bool:
+        answer = self._attempt("mark_once", lambda: self.primary.mark_once(key, ttl_s))
+        return self.fallback.mark_once(key, ttl_s) if isinstance(answer, _Unavailable) else answer
+
+    def close(self) -> None:
+        for store in (self.primary, self.fallback):
+            try:
+                store.close()
+            except Exception as exc:
+                internal_error(self._kind + ".close", exc)
+
+    # --- degradation and recovery -------------------------------------------------------------
+
+    def _attempt(self, op: str, call: Callable[[], T]) -> T | _Unavailable:
+        """The primary's answer, or ``_UNAVAILABLE`` (counted as degraded) when it is down or fails."""
+        if self._primary_usable():
+            try:
+                return call()
+            except Exception as exc:  # any primary fault degrades, none reaches the host
+                self._fail(exc)
+        self._count_degraded(op)
+        return _UNAVAILABLE
+
+    def _fail(self, exc: Exception) -> None:
+        internal_error(self._kind, exc)
+        with self._lock:
+            self._next_probe = self._clock() + self.probe_interval
+            if not self._down:
+                self._down = True
+                self.outages += 1
+
+    def _count_degraded(self, op: str) -> None:
+        with self._lock:
+            self.degraded_ops += 1
+        callback = self.on_degraded
+        if callback is not None:
+            try:
+                callback(op)
+            except Exception as exc:  # a user callback must not break budgets
+                internal_error("ledger.on_degraded", exc)
+
+    def _primary_usable(self) -> bool:
+        """True when healthy, or when a due probe replayed everything; False while degraded."""
+        if not self._down:
+            return True
+        with self._lock:
+            if not self._down:
+                return True
+            now = self._clock()
+            if now < self._next_probe:
+                return False
+            # Claim the probe: other threads keep using the fallback until it is done.
+            self._next_probe = now + self.probe_interval
+            pending, self._pending = self._pending, {}
+        try:
+            self._replay(pending)
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        with self._lock:
+            self._down = False
+            self.recoveries += 1
+        return True
+
+    def _replay(self, pending: _Pending) -> None:
+        """Apply ``pending`` to the primary; what was not applied goes back to the pending set."""
+        items = list(pending.items())
+        for done, ((bucket, inflight), (reserved, actual, ttl_s)) in enumerate(items):
+            try:
+                if inflight is None:
+                    self.primary.add(bucket, actual, ttl_s)
+                else:
+                    self.primary.settle(bucket, inflight, reserved, actual, ttl_s)
+            except BaseException:
+                for (b, f), (r, a, t) in items[done:]:
+                    self._defer(b, f, r, a, t)
+                raise
+            self._forget_local(bucket, actual)
+
+    def _forget_local(self, bucket: str, replayed: Amount) -> None:
+        """Take replayed usage back out of the fallback, so the next outage starts from the primary's
+        figures instead of counting this one twice (never below zero: the key may have expired)."""
+        try:
+            have, _ = self.fallback.read([bucket], bucket)
+            take = Amount(min(have.cost_nanos, replayed.cost_nanos), min(have.tokens, replayed.tokens))
+            if take != Amount():
+                self.fallback.add(bucket, Amount() - take, None)
+        except Exception as exc:  # the fallback is local; a fault here only over-counts
+            internal_error("ledger.fallback", exc)
+
+    def _defer(self, bucket: str, inflight: str | None, reserved: Amount, actual: Amount,
+               ttl_s: int | None) -> None:
+        with self._lock:
+            key = (bucket, inflight)
+            old = self._pending.get(key)
+            if old is not None:
+                reserved, actual = old[0] + reserved, old[1] + actual
+                ttl_s = ttl_s if ttl_s is not None else old[2]
+            self._pending[key] = (reserved, actual, ttl_s)
+
+    def _take_local(self, inflight_key: str, reserved: Amount) -> bool:
+        """Was this reservation taken by the fallback? If so, forget it (it is being settled)."""
+        with self._lock:
+            have = self._local_reserved.get(inflight_key)
+            if have is None or not _covers(have, reserved):
+                return False
+            left = have - reserved
+            if left == Amount():
+                del self._local_reserved[inflight_key]
+            else:
+                self._local_reserved[inflight_key] = left
+            return True
+
+    def _remember(self, where: tuple[tuple[str, ...], str], used: Amount, inflight: Amount) -> None:
+        with self._lock:
+            self._baseline[where] = (used, inflight)
+            self._baseline.move_to_end(where)
+            if len(self._baseline) > self._baseline_size:
+                self._baseline.popitem(last=False)
+
+    def _recall(self, where: tuple[tuple[str, ...], str]) -> tuple[Amount, Amount]:
+        with self._lock:
+            return self._baseline.get(where, (Amount(), Amount()))

@@ -1,0 +1,368 @@
+# SPDX-License-Identifier: Apache-2.0
+"""SQLite ledger: durable records and budget counters shared by every process on one host.
+
+::
+
+    db = SqliteDatabase("/var/lib/myapp/llm-usage.db")     # or default_sqlite_path()
+    records, counters = SqliteRecordStore(db), SqliteCounterStore(db)
+    records.append(batch)                                  # one transaction, executemany
+    counters.try_reserve(["b:day:2024-06-01"], "b:inflight", Amount(0, 500), Limit(tokens=10_000), 86_400)
+    records.close(); counters.close()                      # the file closes with its last store
+
+Schema (``schema_version`` holds :data:`SCHEMA_VERSION`)::
+
+    records(record_id TEXT PRIMARY KEY, ts REAL, provider, operation, model, response_model,
+            function, user, session, anchor, input_tokens, output_tokens, cached_input_tokens,
+            cache_write_tokens, reasoning_tokens INTEGER, token_details TEXT(JSON),
+            cost TEXT(Decimal, NULL = unpriced), currency, price_source, duration_s REAL, ttft_s REAL,
+            status, error_type, usage_source, streamed INTEGER, server_address,
+            request_params TEXT(JSON, keys starting with "_" never stored))
+        indexes: ts, user, model, anchor
+    counters(key TEXT PRIMARY KEY, cost_nanos INTEGER, tokens INTEGER, expires_at REAL NULL)
+    marks(key TEXT PRIMARY KEY, expires_at REAL NULL)
+
+Why it is built this way:
+
+* WAL journal, ``synchronous=NORMAL``: readers never block the writer and a commit costs
+  no fsync (a power cut may lose the last commits, never corrupt the file).
+* One connection per database object, guarded by a lock. Threads of one process queue on
+  that lock (a cheap hand-off) instead of on SQLite's busy handler, which *sleeps* in
+  1-100 ms steps; only other processes ever meet the busy handler (``busy_timeout``).
+* Every counter operation runs in ``BEGIN IMMEDIATE``: it takes the write lock before
+  reading, so read-check-write is atomic across processes. Expired counter rows are
+  treated as absent and deleted when touched, plus a sweep at most once a minute.
+* ``append`` uses ``INSERT OR IGNORE`` on ``record_id``: a batch retried after an
+  ambiguous failure is not counted twice.
+* A file that is not a SQLite database raises :class:`~otel_llm_usage.errors.ConfigError`
+  when opened (a start-up problem to fix, not to hide). A database that is locked or
+  read-only opens anyway and its operations raise ``sqlite3.OperationalError``, which
+  :class:`~otel_llm_usage.ledger.resilient.FailOpenCounterStore` and
+  :class:`~otel_llm_usage.ledger.writer.LedgerWriter` absorb; the connection is retried.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..usage import UsageRecord
+from ._records import COLUMNS, deletion, from_row, to_row
+from .base import Amount, Limit, RecordQuery
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SqliteCounterStore",
+    "SqliteDatabase",
+    "SqliteRecordStore",
+    "default_sqlite_path",
+]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    record_id TEXT PRIMARY KEY, ts REAL NOT NULL, provider TEXT NOT NULL, operation TEXT NOT NULL,
+    model TEXT, response_model TEXT, function TEXT, user TEXT, session TEXT, anchor TEXT,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cached_input_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL, token_details TEXT,
+    cost TEXT, currency TEXT, price_source TEXT, duration_s REAL, ttft_s REAL, status TEXT NOT NULL,
+    error_type TEXT, usage_source TEXT, streamed INTEGER NOT NULL, server_address TEXT, request_params TEXT
+);
+CREATE INDEX IF NOT EXISTS records_ts ON records(ts);
+CREATE INDEX IF NOT EXISTS records_user ON records(user);
+CREATE INDEX IF NOT EXISTS records_model ON records(model);
+CREATE INDEX IF NOT EXISTS records_anchor ON records(anchor);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY, cost_nanos INTEGER NOT NULL, tokens INTEGER NOT NULL, expires_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, expires_at REAL) WITHOUT ROWID;
+"""
+assert len(COLUMNS) == 27  # the CREATE TABLE above lists the same columns in the same order
+
+_INSERT = f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_UPSERT_COUNTER = (
+    "INSERT INTO counters (key, cost_nanos, tokens, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET cost_nanos = excluded.cost_nanos, tokens = excluded.tokens, "
+    "expires_at = excluded.expires_at"
+)
+_SWEEP_EVERY_S = 60.0
+
+
+def default_sqlite_path() -> Path:
+    """``$XDG_STATE_HOME/otel-llm-usage/ledger.db`` (``~/.local/state/...`` by default).
+
+    Creates the folder."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    folder = Path(state) / "otel-llm-usage"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "ledger.db"
+
+
+class SqliteDatabase:
+    """One SQLite file: a lazily (re)opened connection, a lock, and the schema.
+
+    Shared by a :class:`SqliteRecordStore` and a :class:`SqliteCounterStore` of the same file so
+    they queue on one lock; the file is closed when the last store using it is closed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._users = 0
+        self._closed = False
+        self._next_sweep = 0.0
+        try:
+            with self._lock:
+                self._connection()
+        except sqlite3.OperationalError:
+            pass  # locked or read-only right now: operations retry and raise, callers degrade
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, opening it (and creating the schema) if needed. Caller holds the lock."""
+        if self._conn is not None:
+            return self._conn
+        if self._closed:
+            raise sqlite3.ProgrammingError("the ledger database is closed")
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)  # used by many threads, always under self._lock
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            # executescript() would COMMIT first; run the statements one by one inside our transaction
+            # so two processes creating the schema at once cannot interleave.
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            if row[0] is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise ConfigError(f"ledger {self.path}: schema version {row[0]} was written by a newer "
+                                  f"otel-llm-usage (this one reads version {SCHEMA_VERSION})")
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise ConfigError(f"ledger {self.path} is not a usable SQLite database ({exc}); "
+                              "move the file aside or point `ledger:` at another path") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the process lock; rolls back on any error."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):  # the original error is the one worth raising
+                        conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._connection()
+
+    def sweep_due(self, now: float) -> bool:
+        if now < self._next_sweep:
+            return False
+        self._next_sweep = now + _SWEEP_EVERY_S
+        return True
+
+    def acquire(self) -> SqliteDatabase:
+        with self._lock:
+            self._users += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _open(path: str | os.PathLike[str] | SqliteDatabase, busy_timeout: float,
+          clock: Callable[[], float]) -> SqliteDatabase:
+    db = path if isinstance(path, SqliteDatabase) else SqliteDatabase(path, busy_timeout=busy_timeout,
+                                                                      clock=clock)
+    return db.acquire()
+
+
+class SqliteRecordStore:
+    def __init__(self, path: str | os.PathLike[str] | SqliteDatabase, *, busy_timeout: float = 2.0) -> None:
+        self._db = _open(path, busy_timeout, time.time)
+        self._closed = False
+
+    def append(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        rows = [to_row(r) for r in records]  # built before taking the lock: keep the write short
+        with self._db.transaction() as conn:
+            conn.executemany(_INSERT, rows)
+
+    def query(self, q: RecordQuery) -> list[UsageRecord]:
+        where, args = _where(q.since, q.until, q.provider, q.model, q.function, q.user, q.session, q.anchor)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM records{where} ORDER BY ts, rowid"
+        if q.limit is not None:
+            sql += " LIMIT ?"
+            args.append(q.limit)
+        with self._db.reading() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [from_row(row) for row in rows]
+
+    def delete(self, *, model: str | None = None, user: str | None = None) -> int:
+        q = deletion(model, user)
+        where, args = _where(model=q.model, user=q.user)
+        with self._db.transaction() as conn:
+            return conn.execute(f"DELETE FROM records{where}", args).rowcount
+
+    def purge(self, before: float) -> int:
+        with self._db.transaction() as conn:
+            return conn.execute("DELETE FROM records WHERE ts < ?", (before,)).rowcount
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.release()
+
+
+def _where(since: float | None = None, until: float | None = None, provider: str | None = None,
+           model: str | None = None, function: str | None = None, user: str | None = None,
+           session: str | None = None, anchor: str | None = None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if since is not None:
+        clauses.append("ts >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("ts < ?")
+        args.append(until)
+    if model is not None:
+        # The model label: request model, else response model, else "unknown" (UsageRecord.model).
+        clauses.append("(model = ? OR (model IS NULL AND COALESCE(response_model, 'unknown') = ?))")
+        args += [model, model]
+    for column, value in (("provider", provider), ("function", function), ("user", user),
+                          ("session", session), ("anchor", anchor)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+class SqliteCounterStore:
+    """:class:`~otel_llm_usage.ledger.base.CounterStore` on SQLite; behaves like ``MemoryCounterStore``."""
+
+    def __init__(self, path: str | os.PathLike[str] | SqliteDatabase, *, busy_timeout: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._db = _open(path, busy_timeout, clock)
+        self._clock = self._db.clock
+        self._closed = False
+
+    @contextmanager
+    def _counters(self, keys: Sequence[str]) -> Iterator[_Counters]:
+        now = self._clock()
+        with self._db.transaction() as conn:
+            if self._db.sweep_due(now):
+                conn.execute("DELETE FROM counters WHERE expires_at <= ?", (now,))
+                conn.execute("DELETE FROM marks WHERE expires_at <= ?", (now,))
+            yield _Counters(conn, keys, now)
+
+    def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
+                    ttl_s: int | None) -> tuple[bool, Amount, Amount]:
+        with self._counters([*used_keys, inflight_key]) as c:
+            used = sum((c.get(k) for k in used_keys), Amount())
+            inflight = c.get(inflight_key)
+            if limit.exhausted_by(used + inflight):
+                return False, used, inflight
+            c.put(inflight_key, inflight + reservation, ttl_s)
+            return True, used, inflight
+
+    def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+               ttl_s: int | None) -> None:
+        with self._counters([bucket_key, inflight_key]) as c:
+            left = c.get(inflight_key) - reserved
+            c.put(inflight_key, Amount(max(0, left.cost_nanos), max(0, left.tokens)), ttl_s)
+            c.put(bucket_key, c.get(bucket_key) + actual, ttl_s)
+
+    def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
+        with self._counters([bucket_key]) as c:
+            c.put(bucket_key, c.get(bucket_key) + actual, ttl_s)
+
+    def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
+        with self._counters([*used_keys, inflight_key]) as c:
+            return sum((c.get(k) for k in used_keys), Amount()), c.get(inflight_key)
+
+    def mark_once(self, key: str, ttl_s: int | None) -> bool:
+        now = self._clock()
+        with self._db.transaction() as conn:
+            row = conn.execute("SELECT expires_at FROM marks WHERE key = ?", (key,)).fetchone()
+            if row is not None and (row[0] is None or row[0] > now):
+                return False
+            conn.execute("INSERT OR REPLACE INTO marks (key, expires_at) VALUES (?, ?)",
+                         (key, None if ttl_s is None else now + ttl_s))
+            return True
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.release()
+
+
+class _Counters:
+    """The rows of one operation, loaded once inside its transaction; expired rows read as absent."""
+
+    def __init__(self, conn: sqlite3.Connection, keys: Sequence[str], now: float) -> None:
+        self._conn = conn
+        self._now = now
+        self._rows: dict[str, tuple[Amount, float | None]] = {}
+        unique = list(dict.fromkeys(keys))
+        marks = ", ".join("?" * len(unique))
+        found = conn.execute(
+            f"SELECT key, cost_nanos, tokens, expires_at FROM counters WHERE key IN ({marks})", unique
+        ).fetchall()
+        expired = []
+        for key, cost, tokens, expires_at in found:
+            if expires_at is not None and expires_at <= now:
+                expired.append((key,))
+            else:
+                self._rows[key] = (Amount(cost, tokens), expires_at)
+        if expired:
+            conn.executemany("DELETE FROM counters WHERE key = ?", expired)
+
+    def get(self, key: str) -> Amount:
+        row = self._rows.get(key)
+        return Amount() if row is None else row[0]
+
+    def put(self, key: str, value: Amount, ttl_s: int | None) -> None:
+        # Like MemoryCounterStore: a TTL restarts the expiry, no TTL keeps the one the key has.
+        old = self._rows.get(key)
+        expires_at = self._now + ttl_s if ttl_s is not None else (None if old is None else old[1])
+        self._rows[key] = (value, expires_at)
+        self._conn.execute(_UPSERT_COUNTER, (key, value.cost_nanos, value.tokens, expires_at))

@@ -1,0 +1,282 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Ledger writes off the calling thread: queue in microseconds, write in batches, survive outages.
+
+::
+
+    writer = LedgerWriter(SqliteRecordStore(path), batch_size=500, flush_interval=1.0)
+    pipeline.add(writer)            # writer.process(record) for every call
+    writer.flush(timeout=5)         # True once everything queued so far is written
+    writer.close()                  # flush and stop (also runs at interpreter exit)
+
+How it behaves:
+
+* ``process`` appends to a ``collections.deque`` and returns: no lock, no I/O. The deque is
+  drained by one daemon thread that writes ``batch_size`` records per ``store.append`` and
+  wakes when a batch is full or ``flush_interval`` has passed.
+* A failing ``append`` keeps its batch, counts ``failures``, logs once via ``internal_error``
+  and retries with exponential backoff (``retry_initial`` doubling up to ``retry_max``)
+  until the store is back; stores ignore a record id they already have, so a retried batch
+  is never counted twice. At most ``max_buffer`` records wait; beyond that the *oldest* are
+  dropped and counted in ``dropped``.
+* ``flush`` puts a marker in the queue and waits for the thread to pass it.
+* ``close`` (and the exit hook, registered through :func:`weakref.finalize` so a writer that is
+  garbage-collected does not stay registered) flushes for up to ``close_timeout`` seconds and
+  stops the thread. Records that could not be written by then are counted as ``dropped``.
+
+Signal handlers: ``process``, ``flush`` and ``close`` may be called from a ``SIGTERM`` handler.
+A handler runs on the main thread *between* two bytecodes of whatever the main thread was
+doing, so it must not wait for a lock the interrupted code could be holding. The calling-side
+methods therefore take no lock shared with other code: ``process`` uses only ``deque``
+operations (atomic), ``flush``/``close`` wake the thread through a ``queue.SimpleQueue``
+(whose ``put`` is documented as reentrant) and wait on a fresh ``threading.Event`` created by
+that very call, plus ``Thread.join``. Only the rare overflow path takes a private lock, to
+count drops exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+
+from .._guard import internal_error
+from ..usage import UsageRecord
+from .base import RecordStore
+
+__all__ = ["LedgerWriter"]
+
+
+class _Marker:
+    """A flush request travelling through the queue behind the records it waits for."""
+
+    __slots__ = ("done", "target")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.target = -1  # records drained before it; set by the writer thread
+
+
+class _State:
+    """Everything the writer thread needs, so the thread does not keep the ``LedgerWriter`` alive."""
+
+    def __init__(self, store: RecordStore, batch_size: int, flush_interval: float, max_buffer: int,
+                 retry_initial: float, retry_max: float) -> None:
+        self.store = store
+        self.batch_size = max(1, batch_size)
+        self.flush_interval = flush_interval
+        self.max_buffer = max(1, max_buffer)
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.incoming: deque[UsageRecord | _Marker] = deque()
+        self.wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self.drop_lock = threading.Lock()
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+        self.stopping = False
+        self.abandon = False
+        # Writer-thread-only state below: the thread is the sole reader and writer.
+        self.buffer: deque[UsageRecord] = deque()
+        self.markers: deque[_Marker] = deque()
+        self.drained = 0  # records moved from incoming to buffer, ever
+        self.done = 0  # of those, written or dropped (they leave the buffer in order)
+        self.thread: threading.Thread | None = None
+
+    # --- calling side -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self.wakeups.put(None)
+
+    def overflow(self) -> None:
+        """Keep ``incoming`` bounded while the thread is stuck in a slow ``append``: drop the oldest."""
+        with self.drop_lock:
+            while len(self.incoming) > self.max_buffer:
+                try:
+                    item = self.incoming.popleft()
+                except IndexError:
+                    return
+                if isinstance(item, _Marker):
+                    self.incoming.append(item)  # still after everything it waited for, just later
+                else:
+                    self.dropped += 1
+
+    def stop(self, timeout: float | None) -> bool:
+        """Flush, then stop the thread; ``False`` if records were left unwritten (now counted dropped)."""
+        thread = self.thread
+        self.stopping = True
+        self.wake()
+        if thread is None or thread is threading.current_thread():
+            return not self.incoming and not self.buffer
+        thread.join(timeout)
+        if thread.is_alive():
+            self.abandon = True  # the thread drops what is left and exits at its next wake-up
+            self.wake()
+            thread.join(1.0)
+            return False
+        return True
+
+    # --- writer thread ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        backoff = 0.0  # current retry delay; 0.0 while the store is healthy
+        retry_at = 0.0  # monotonic time of the next attempt after a failure
+        closing_seen = False
+        while True:
+            self._drain()
+            if self.abandon:
+                self._drop(len(self.buffer))
+                self._drain()
+                self._drop(len(self.buffer))
+                return
+            if self.stopping and not closing_seen:
+                # Closing: retry now and then often, until stop() gives up waiting.
+                closing_seen, retry_at, backoff = True, 0.0, min(backoff, 0.1)
+            if self.buffer and time.monotonic() >= retry_at:
+                if self._write():
+                    backoff = 0.0
+                    continue
+                backoff = min(self.retry_max, backoff * 2 or self.retry_initial)
+                retry_at = time.monotonic() + (min(backoff, 0.1) if self.stopping else backoff)
+            if self.stopping and not self.buffer and not self.incoming:
+                self._release_markers()
+                return
+            timeout = max(0.0, retry_at - time.monotonic()) if self.buffer else self.flush_interval
+            with contextlib.suppress(queue.Empty):
+                self.wakeups.get(timeout=timeout)
+
+    def _write(self) -> bool:
+        """Write the oldest batch; ``False`` (batch kept) if the store failed."""
+        batch = list(itertools.islice(self.buffer, self.batch_size))
+        try:
+            self.store.append(batch)
+        except Exception as exc:  # the store is I/O; keep the batch and retry
+            self.failures += 1
+            internal_error(f"ledger.write:{type(self.store).__name__}", exc)
+            return False
+        for _ in batch:
+            self.buffer.popleft()
+        self.written += len(batch)
+        self.done += len(batch)
+        self._release_markers()
+        return True
+
+    def _drain(self) -> None:
+        incoming = self.incoming
+        while incoming:
+            try:
+                item = incoming.popleft()
+            except IndexError:  # the overflow path took it
+                break
+            if isinstance(item, _Marker):
+                item.target = self.drained
+                self.markers.append(item)
+            else:
+                self.buffer.append(item)
+                self.drained += 1
+        excess = len(self.buffer) - self.max_buffer
+        if excess > 0:
+            self._drop(excess)
+        self._release_markers()
+
+    def _drop(self, n: int) -> None:
+        for _ in range(n):
+            self.buffer.popleft()
+        with self.drop_lock:
+            self.dropped += n
+        self.done += n
+
+    def _release_markers(self) -> None:
+        while self.markers and self.markers[0].target <= self.done:
+            self.markers.popleft().done.set()
+
+
+def _shutdown(state: _State, timeout: float) -> None:
+    """Exit hook and garbage-collection hook (must not reference the ``LedgerWriter``)."""
+    try:
+        state.stop(timeout)
+    except Exception as exc:  # runs at exit; nothing may escape
+        internal_error("ledger.writer.close", exc)
+
+
+class LedgerWriter:
+    """A pipeline stage that hands records to a :class:`~otel_llm_usage.ledger.base.RecordStore` in
+    batches on a daemon thread. It does not close the store: whoever opened it does."""
+
+    def __init__(self, store: RecordStore, *, batch_size: int = 500, flush_interval: float = 1.0,
+                 max_buffer: int = 100_000, retry_initial: float = 0.5, retry_max: float = 30.0,
+                 close_timeout: float = 10.0) -> None:
+        self.store = store
+        self.close_timeout = close_timeout
+        self._state = state = _State(store, batch_size, flush_interval, max_buffer, retry_initial, retry_max)
+        # Bound once: process() is the hot path.
+        self._append = state.incoming.append
+        self._incoming = state.incoming
+        self._batch_size = state.batch_size
+        self._max_buffer = state.max_buffer
+        thread = threading.Thread(target=state.run, name="otel-llm-usage-ledger-writer", daemon=True)
+        state.thread = thread
+        thread.start()
+        # Runs at interpreter exit (atexit) or when this writer is collected, whichever is first;
+        # holds only the state, so registering does not keep the writer alive.
+        self._finalizer = weakref.finalize(self, _shutdown, state, close_timeout)
+
+    @property
+    def written(self) -> int:
+        return self._state.written
+
+    @property
+    def dropped(self) -> int:
+        return self._state.dropped
+
+    @property
+    def failures(self) -> int:
+        return self._state.failures
+
+    @property
+    def pending(self) -> int:
+        """Records queued or buffered, not written yet."""
+        return len(self._incoming) + len(self._state.buffer)
+
+    def process(self, record: UsageRecord) -> None:
+        if self._state.stopping:
+            self._write_now([record])
+            return
+        self._append(record)
+        n = len(self._incoming)
+        if n == self._batch_size:
+            self._state.wake()
+        elif n > self._max_buffer:
+            self._state.overflow()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record queued before this call is written (or dropped); ``False`` on timeout."""
+        state = self._state
+        thread = state.thread
+        if thread is None or not thread.is_alive():
+            return not state.incoming and not state.buffer
+        marker = _Marker()
+        self._append(marker)
+        state.wake()
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush (for up to ``timeout``, default ``close_timeout`` seconds) and stop the thread.
+        Idempotent. ``False`` if records had to be left unwritten."""
+        if self._finalizer.detach() is None:  # already closed (detach is lock-free: signal-safe)
+            return not self._state.incoming and not self._state.buffer
+        return self._state.stop(self.close_timeout if timeout is None else timeout)
+
+    def _write_now(self, records: Sequence[UsageRecord]) -> None:
+        """After ``close``: write synchronously (late records at exit) rather than lose them."""
+        try:
+            self.store.append(records)
+            self._state.written += len(records)
+        except Exception as exc:
+            internal_error(f"ledger.write:{type(self.store).__name__}", exc)
+            with self._state.drop_lock:
+                self._state.dropped += len(records)
