@@ -158,7 +158,8 @@ def _budget_table(status: list[dict[str, Any]], console: Console) -> None:
     for col in ("budget", "scope", "window", "used", "limit", "unit", "utilization", "state"):
         table.add_column(col)
     for b in status:
-        table.add_row(str(b["budget"]), str(b["scope"]), str(b["window"]), str(b["used"]), str(b["limit"]),
+        used = f"{b['used']:.6f}" if b["unit"] != "tokens" else str(b["used"])
+        table.add_row(str(b["budget"]), str(b["scope"]), str(b["window"]), used, str(b["limit"]),
                       str(b["unit"]), f"{float(b['utilization']):.0%}", str(b["state"]))
     console.print(table)
 
@@ -215,7 +216,8 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
         console.print(f"[bold]Prometheus metrics[/] at {metrics_url} ({len(body.splitlines())} lines), e.g.:")
         for line in lines[:6]:
             console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
-        console.print("Costs marked * include calls to models without a known price (never counted as free).")
+        if any(r.cost is None and r.status == "ok" for r in records):
+            console.print("Costs marked * include calls to models without a known price (never counted as free).")
         if serve:
             console.print(f"Serving {metrics_url} until Ctrl-C …")
             try:

@@ -379,14 +379,45 @@ def test_async_stream_closed_early(ds):
     assert len(ds.records()) == 1 and len(ds.spans()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="2.x ChatStream/AppStream are iterables whose helpers read an inner "
-                                       "stream; the shared stream proxy only wraps iterators (see report)")
-def test_v2_stream_records_reported_usage(otel):
+def _v2_stream_iter(c: Any) -> Any:
+    return list(c.chat.completions.create(model=MODEL, messages=MSGS, stream=True))
+
+
+def _v2_stream_text(c: Any) -> Any:
+    return list(c.chat.completions.create(model=MODEL, messages=MSGS, stream=True).text_stream)
+
+
+def _v2_stream_final(c: Any) -> Any:
+    return c.chat.completions.create(model=MODEL, messages=MSGS, stream=True).get_final_message()
+
+
+@pytest.mark.parametrize("consume", [_v2_stream_iter, _v2_stream_text, _v2_stream_final],
+                         ids=["iterate", "text_stream", "get_final_message"])
+def test_v2_stream_records_reported_usage_whichever_helper_reads_it(otel, consume):
     with client(otel.server) as c:
-        chunks = list(c.chat.completions.create(model=MODEL, messages=MSGS, stream=True))
-    assert chunks
+        assert consume(c)
     (rec,) = otel.records()
-    assert rec.usage_source == "reported"
+    assert (rec.usage_source, rec.streamed, rec.status) == ("reported", True, "ok")
+    assert (rec.tokens.input_tokens, rec.tokens.output_tokens) == (4, 5)
+    assert rec.ttft_s is not None
+
+
+def test_v2_async_stream_records_reported_usage(otel):
+    async def consume(c: Any) -> Any:
+        stream = await c.chat.completions.create(model=MODEL, messages=MSGS, stream=True)
+        return [chunk async for chunk in stream]
+
+    assert v2_async(otel.server, consume)
+    (rec,) = otel.records()
+    assert (rec.usage_source, rec.tokens.input_tokens, rec.tokens.output_tokens) == ("reported", 4, 5)
+
+
+def test_v2_app_stream_reports_one_record_per_model(otel):
+    with client(otel.server) as c:
+        assert list(c.apps.completions.create(app_id="app-123", prompt=PROMPT, stream=True))
+    records = otel.records()
+    assert sorted(r.model for r in records) == ["qwen-plus", "qwen-turbo"]
+    assert all(r.usage_source == "reported" and r.operation == "invoke_agent" for r in records)
 
 
 # --- endpoints, regions, OpenAI-compatible mode, uninstrument ---------------------------------------

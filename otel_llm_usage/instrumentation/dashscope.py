@@ -32,11 +32,10 @@ Shape rules this adapter relies on (dashscope 2.0.2):
   API, the client's base URL for 2.x), so pricing can tell the China
   endpoint (CNY) from ``dashscope-intl`` (USD).
 
-Known gap: 2.x ``stream=True`` returns ``ChatStream`` / ``AppStream``, iterables
-(not iterators) whose helpers (``text_stream``, ``get_final_message``) read an
-inner stream directly. The shared stream proxy wraps iterators only, so such a
-call is recorded when the stream opens, with estimated input and no output.
-Covering it needs the proxy to wrap the object's inner stream instead.
+* 2.x ``stream=True`` returns ``ChatStream`` / ``AppStream`` objects whose
+  helpers (``text_stream``, ``get_final_message``) read an inner SSE stream
+  (``_inner``) directly; :meth:`DashScopeAdapter.attach_stream` puts the shared
+  stream proxy *there*, so every helper's chunks pass through it.
 """
 
 from __future__ import annotations
@@ -55,6 +54,8 @@ from .lifecycle import CallSpec, Invocation, RequestInfo
 __all__ = ["PROVIDER", "SURFACES", "DashScopeAdapter", "Surface", "server_from_url", "targets"]
 
 PROVIDER = "dashscope"
+# 2.x stream objects that hold the SSE stream in ``_inner`` (dashscope/v2/resources/chat/completions.py, apps.py).
+_STREAM_HOLDERS = frozenset({"ChatStream", "AsyncChatStream", "AppStream", "AsyncAppStream"})
 
 
 class Surface(NamedTuple):
@@ -161,6 +162,16 @@ class DashScopeAdapter:
         return sum(latin for latin, _ in sizes), sum(cjk for _, cjk in sizes)
 
     # -- response --------------------------------------------------------------
+    def attach_stream(self, inv: Invocation, result: Any, wrap: Any) -> Any | None:
+        """Proxy the inner stream of a 2.x stream object; ``None`` for anything else."""
+        if not inv.record.streamed or type(result).__name__ not in _STREAM_HOLDERS:
+            return None
+        inner = getattr(result, "_inner", None)
+        if inner is None:
+            return None
+        result._inner = wrap(inv, inner)
+        return result
+
     def is_stream(self, inv: Invocation, result: Any) -> bool:
         # Classic streams are (async) generators; see the module notes for 2.x stream objects.
         return inv.record.streamed and isinstance(result, (Iterator, AsyncIterator))

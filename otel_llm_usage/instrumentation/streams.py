@@ -38,6 +38,8 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
     def __init__(self, wrapped: Any, inv: Invocation) -> None:
         super().__init__(wrapped)
         self._self_inv = inv
+        # Some SDK streams are iterables, not iterators: iterate them through one iterator of ours.
+        self._self_it = wrapped if hasattr(wrapped, "__next__") else None
 
     def __iter__(self) -> StreamProxy:
         return self
@@ -46,7 +48,9 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         inv = self._self_inv
         while True:
             try:
-                chunk = next(self.__wrapped__)
+                if self._self_it is None:
+                    self._self_it = iter(self.__wrapped__)
+                chunk = next(self._self_it)
             except StopIteration:
                 inv.finish()
                 raise
@@ -86,6 +90,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
     def __init__(self, wrapped: Any, inv: Invocation) -> None:
         super().__init__(wrapped)
         self._self_inv = inv
+        self._self_it = wrapped if hasattr(wrapped, "__anext__") else None
 
     def __aiter__(self) -> AsyncStreamProxy:
         return self
@@ -94,7 +99,9 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         inv = self._self_inv
         while True:
             try:
-                chunk = await self.__wrapped__.__anext__()
+                if self._self_it is None:
+                    self._self_it = self.__wrapped__.__aiter__()
+                chunk = await self._self_it.__anext__()
             except StopAsyncIteration:
                 inv.finish()
                 raise
@@ -143,7 +150,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
 
 def _is_async_iterable(obj: Any) -> bool:
-    return hasattr(obj, "__anext__")
+    return hasattr(obj, "__anext__") or (hasattr(obj, "__aiter__") and not hasattr(obj, "__iter__"))
 
 
 def wrap_stream(inv: Invocation, stream: Any) -> Any:
@@ -152,6 +159,12 @@ def wrap_stream(inv: Invocation, stream: Any) -> Any:
 
 def _deliver(inv: Invocation, parsed: Any) -> Any:
     """Route a parsed result: a stream gets a proxy, anything else is read and finished."""
+    attach = getattr(inv.adapter, "attach_stream", None)
+    if attach is not None:
+        # SDK stream objects whose helpers read an inner stream get the proxy *inside* them.
+        attached = attach(inv, parsed, wrap_stream)
+        if attached is not None:
+            return attached
     if inv.adapter.is_stream(inv, parsed):
         return wrap_stream(inv, parsed)
     try:
