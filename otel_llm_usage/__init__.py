@@ -13,7 +13,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from collections.abc import Callable
+
 from .attribution import Attribution, current_attribution, track, usage_context
+from .budgets.engine import BudgetEvent, budget_bypass
 from .errors import BudgetExceeded, ConfigError, OtelLLMUsageError
 from .usage import TokenUsage, UsageRecord
 
@@ -66,6 +69,15 @@ def get_budget_status() -> list[dict[str, object]]:
     return list(status()) if callable(status) else []
 
 
+def register_budget_callback(fn: Callable[[BudgetEvent], None]) -> None:
+    """Call ``fn(event)`` on every budget event (warn, exceeded, blocked, downgraded, exit)."""
+    from .runtime import active_runtime
+
+    runtime = active_runtime()
+    assert runtime is not None
+    runtime.budgets.callbacks.append(fn)
+
+
 def __getattr__(name: str) -> object:
     # The instrumentor pulls in OpenTelemetry's instrumentation package; import it on demand.
     if name == "LLMUsageInstrumentor":
@@ -77,6 +89,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "Attribution",
+    "BudgetEvent",
     "BudgetExceeded",
     "ConfigError",
     "LLMUsageInstrumentor",
@@ -84,9 +97,11 @@ __all__ = [
     "TokenUsage",
     "UsageRecord",
     "__version__",
+    "budget_bypass",
     "current_attribution",
     "get_budget_status",
     "record_usage",
+    "register_budget_callback",
     "track",
     "usage_context",
 ]
