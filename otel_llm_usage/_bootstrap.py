@@ -54,13 +54,14 @@ def setup_default_providers(env: Mapping[str, str] | None = None) -> None:
 
 def _setup_metrics(env: Mapping[str, str]) -> None:
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader
 
     if isinstance(metrics.get_meter_provider(), MeterProvider):
         return
     names = _names(env.get("OTEL_METRICS_EXPORTER"), "prometheus")
     if "none" in names:
         return
-    readers = []
+    readers: list[MetricReader] = []
     if "prometheus" in names:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter
@@ -40,10 +41,8 @@ def internal_error(kind: str, exc: BaseException) -> None:
         logger.debug("otel-llm-usage internal error in %s (%s)", kind, type(exc).__name__)
     sink = _sink
     if sink is not None:
-        try:
+        with contextlib.suppress(Exception):
             sink(kind)
-        except Exception:  # noqa: BLE001 - the sink is ours; nothing may escape from here
-            pass
 
 
 def internal_error_counts() -> dict[str, int]:

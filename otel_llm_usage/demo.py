@@ -8,6 +8,7 @@ filler text and usage, so the figures printed are reproducible.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import socket
 import time
@@ -68,7 +69,8 @@ def _traffic(base_url: str, compat_url: str, dashscope_url: str | None, calls: i
 
     @track(function="live-reply")
     def live_reply(i: int) -> None:
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello " * (i % 7 + 1)}])
+        client.chat.completions.create(model="gpt-4o-mini",
+                                       messages=[{"role": "user", "content": "hello " * (i % 7 + 1)}])
 
     @track(function="gift-thanks")
     def gift_thanks(i: int) -> None:
@@ -85,12 +87,11 @@ def _traffic(base_url: str, compat_url: str, dashscope_url: str | None, calls: i
     for i in range(calls):
         with usage_context(user=USERS[i % len(USERS)], anchor=ANCHORS[i % len(ANCHORS)], session=f"room-{i % 3}"):
             (live_reply, gift_thanks, room_summary)[i % 3](i)
-    with usage_context(user="viewer-1", anchor="anchor-lin", function="live-reply"):
-        try:
-            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-                                           extra_headers={"X-Loopback-Scenario": "status=429"})
-        except openai.RateLimitError:
-            pass  # recorded as an error; the demo app carries on
+    # A rate-limited call is recorded as an error; the demo app carries on.
+    with usage_context(user="viewer-1", anchor="anchor-lin", function="live-reply"), \
+            contextlib.suppress(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers={"X-Loopback-Scenario": "status=429"})
 
     async def concurrent() -> None:
         aclient = openai.AsyncOpenAI(base_url=base_url, api_key="sk-demo", max_retries=0)
@@ -105,8 +106,9 @@ def _traffic(base_url: str, compat_url: str, dashscope_url: str | None, calls: i
 
 
 def _dashscope_traffic(dashscope_url: str) -> None:
-    import dashscope
+    import dashscope as _dashscope
 
+    dashscope: Any = _dashscope  # the SDK's stubs are stricter than the dict messages it accepts
     saved = dashscope.base_http_api_url
     dashscope.base_http_api_url = dashscope_url
     try:

@@ -53,14 +53,16 @@ def _targets(config: Config) -> list[tuple[str, str, str, bool, CallSpec]]:
     out: list[tuple[str, str, str, bool, CallSpec]] = []
     from .instrumentation import openai as oa
 
-    common = {
-        "provider_hosts": dict(config.provider_hosts),
-        "capture_content": config.capture_content,
-        "capture_max_chars": config.capture_content_max_chars,
-        "stream_include_usage": config.stream_include_usage,
-    }
-    chat = oa.OpenAIAdapter(**common)
-    responses = oa.OpenAIAdapter(**common, responses_api=True)
+    def adapter(responses_api: bool) -> oa.OpenAIAdapter:
+        return oa.OpenAIAdapter(
+            provider_hosts=dict(config.provider_hosts),
+            capture_content=config.capture_content,
+            capture_max_chars=config.capture_content_max_chars,
+            stream_include_usage=config.stream_include_usage,
+            responses_api=responses_api,
+        )
+
+    chat, responses = adapter(False), adapter(True)
     for m in oa.METHODS:
         spec = CallSpec(responses if m.responses_api else chat, m.operation)
         out.append((m.module, m.cls, m.name, m.is_async, spec))

@@ -96,7 +96,8 @@ class Telemetry:
         self.tokens = meter.create_counter(
             N.METRIC_TOKENS, unit="{token}", description="Tokens by type; the types are disjoint and sum to the total."
         )
-        self.cost = meter.create_counter(N.METRIC_COST, description="Cost of LLM calls in the model's billing currency.")
+        self.cost = meter.create_counter(N.METRIC_COST,
+                                         description="Cost of LLM calls in the model's billing currency.")
         self.unpriced = meter.create_counter(N.METRIC_UNPRICED, description="Calls whose model has no known price.")
         self.budget_events = meter.create_counter(N.METRIC_BUDGET_EVENTS, description="Budget threshold events.")
         self.internal_errors = meter.create_counter(

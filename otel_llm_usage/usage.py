@@ -38,10 +38,7 @@ def read_field(obj: Any, *path: str) -> Any:
     for key in path:
         if cur is None:
             return None
-        if isinstance(cur, Mapping):
-            cur = cur.get(key)
-        else:
-            cur = getattr(cur, key, None)
+        cur = cur.get(key) if isinstance(cur, Mapping) else getattr(cur, key, None)
     return cur
 
 
@@ -180,7 +177,8 @@ def estimate_tokens(text_chars: int, cjk_chars: int = 0) -> int:
 
 def count_text(text: str) -> tuple[int, int]:
     """(non-CJK chars, CJK chars) of ``text``, for :func:`estimate_tokens`."""
-    cjk = sum(1 for ch in text if "\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff")
+    cjk = sum(1 for ch in text
+              if "\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff")
     return len(text) - cjk, cjk
 
 

@@ -179,10 +179,10 @@ def test_early_close_then_gc_records_once(otel):
 
 
 def test_user_exception_inside_with_block_records_once(otel):
-    with pytest.raises(KeyError):
-        with client(otel.server).chat.completions.create(model=MODEL, messages=MSG, stream=True) as stream:
-            for _ in stream:
-                raise KeyError("caller bug")
+    with pytest.raises(KeyError), \
+            client(otel.server).chat.completions.create(model=MODEL, messages=MSG, stream=True) as stream:
+        for _ in stream:
+            raise KeyError("caller bug")
     gc.collect()
     (rec,) = otel.records()
     assert rec.status == "ok"  # the provider answered; the caller stopped reading

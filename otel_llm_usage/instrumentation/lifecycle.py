@@ -13,6 +13,7 @@ the single, opt-in exception).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -221,11 +222,9 @@ class Invocation:
     def fail(self, exc: BaseException) -> None:
         if self._claim():
             self.mark_error(_error_type(exc))
-            try:
-                # Only the type: exception messages can quote request content back.
+            # Only the type: exception messages can quote request content back.
+            with contextlib.suppress(Exception):
                 self.span.add_event("exception", {"exception.type": _error_type(exc)})
-            except Exception:  # noqa: BLE001
-                pass
             self._finalize(abandoned=False)
 
     # -- internals -----------------------------------------------------------
@@ -249,12 +248,10 @@ class Invocation:
                 self._estimate_usage(sent=rec.status != "error" or abandoned)
             records = self._records()
             self._end_span(abandoned, records)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             internal_error("finalize", exc)
-            try:
+            with contextlib.suppress(Exception):
                 self.span.end()
-            except Exception:  # noqa: BLE001
-                pass
         self._args = ()
         self._kwargs = {}
         self.kwargs = {}
@@ -387,7 +384,7 @@ class CallHandler:
                 attribution = Attribution(attribution.function, self.labels.hash_user(attribution.user),
                                           attribution.session, attribution.anchor)
             inv = Invocation(self, spec, info, args, kwargs, attribution)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             internal_error("request", exc)
             return None
         if self.pipeline.has_pre_call:
@@ -395,7 +392,7 @@ class CallHandler:
         try:
             inv.start_span(self.tracer, info)
             inv.kwargs = spec.adapter.prepare(inv, kwargs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             internal_error("prepare", exc)
             inv.kwargs = kwargs
         return inv
@@ -404,7 +401,7 @@ class CallHandler:
         def estimate_input() -> int:
             try:
                 return estimate_tokens(*inv.adapter.input_text_size(args, kwargs))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 internal_error("pre_call_estimate", exc)
                 return 0
 
@@ -421,7 +418,7 @@ class CallHandler:
                 inv.span.set_attribute(N.ERROR_TYPE, inv.record.error_type)
                 inv.span.set_status(Status(StatusCode.ERROR, "blocked by budget"))
                 inv.span.end()
-            except Exception as span_exc:  # noqa: BLE001
+            except Exception as span_exc:
                 internal_error("blocked_span", span_exc)
             self.pipeline.submit(inv.record)
             raise
@@ -436,7 +433,7 @@ class CallHandler:
 
         try:
             return wrap_result(inv, result)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             internal_error("response", exc)
             inv.finish()
             return result

@@ -17,6 +17,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import wrapt
 
 from .._guard import internal_error
@@ -24,17 +26,23 @@ from .lifecycle import Invocation
 
 __all__ = ["AsyncStreamProxy", "StreamProxy", "wrap_result"]
 
+# wrapt >= 2 types ObjectProxy as a generic; wrapt 1.x cannot subscript it at run time.
+if TYPE_CHECKING:
+    _Proxy = wrapt.ObjectProxy[Any]
+else:
+    _Proxy = wrapt.ObjectProxy
+
 
 def _on_chunk(inv: Invocation, chunk: Any) -> bool:
     inv.on_first_chunk()
     try:
         return inv.adapter.on_chunk(inv, chunk)
-    except Exception as exc:  # noqa: BLE001 - a chunk we cannot read is still the caller's chunk
+    except Exception as exc:
         internal_error("stream_chunk", exc)
         return True
 
 
-class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class StreamProxy(_Proxy):
     def __init__(self, wrapped: Any, inv: Invocation) -> None:
         super().__init__(wrapped)
         self._self_inv = inv
@@ -86,7 +94,7 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             inv.finish(abandoned=True)
 
 
-class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncStreamProxy(_Proxy):
     def __init__(self, wrapped: Any, inv: Invocation) -> None:
         super().__init__(wrapped)
         self._self_inv = inv
@@ -169,13 +177,13 @@ def _deliver(inv: Invocation, parsed: Any) -> Any:
         return wrap_stream(inv, parsed)
     try:
         inv.adapter.read_response(inv, parsed)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         internal_error("read_response", exc)
     inv.finish()
     return parsed
 
 
-class _RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _RawResponseProxy(_Proxy):
     """``with_raw_response`` / ``with_streaming_response`` objects: usage arrives on ``parse()``."""
 
     def __init__(self, wrapped: Any, inv: Invocation) -> None:
@@ -187,7 +195,7 @@ class _RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         if self._self_parsed is None:
             try:
                 self._self_parsed = _deliver(self._self_inv, parsed)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 internal_error("raw_response", exc)
                 self._self_inv.finish()
                 return parsed
@@ -217,7 +225,7 @@ class AsyncRawResponseProxy(_RawResponseProxy):
         parsed = await self.__wrapped__.parse(*args, **kwargs)
         return self._self_route(parsed) if not args and not kwargs else parsed
 
-    async def close(self) -> Any:  # type: ignore[override]
+    async def close(self) -> Any:  # the async SDK's close is a coroutine
         try:
             return await self.__wrapped__.close()
         finally:
