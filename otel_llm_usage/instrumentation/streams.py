@@ -15,9 +15,7 @@ are proxied too: their ``parse()`` result goes through the same path.
 from __future__ import annotations
 
 import inspect
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import wrapt
 

@@ -53,6 +53,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..usage import UsageRecord
+from . import _counting as counting
 from ._records import COLUMNS, deletion, from_row, to_row
 from .base import Amount, Limit, RecordQuery
 
@@ -116,6 +117,9 @@ class SqliteDatabase:
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 2.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"ledger {self.path}: folder {folder} does not exist")
         self.busy_timeout = busy_timeout
         self.clock = clock
         self._lock = threading.Lock()
@@ -296,28 +300,21 @@ class SqliteCounterStore:
 
     def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
                     ttl_s: int | None) -> tuple[bool, Amount, Amount]:
-        with self._counters([*used_keys, inflight_key]) as c:
-            used = sum((c.get(k) for k in used_keys), Amount())
-            inflight = c.get(inflight_key)
-            if limit.exhausted_by(used + inflight):
-                return False, used, inflight
-            c.put(inflight_key, inflight + reservation, ttl_s)
-            return True, used, inflight
+        with self._counters([*used_keys, inflight_key]) as view:
+            return counting.reserve(view, used_keys, inflight_key, reservation, limit, ttl_s)
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None) -> None:
-        with self._counters([bucket_key, inflight_key]) as c:
-            left = c.get(inflight_key) - reserved
-            c.put(inflight_key, Amount(max(0, left.cost_nanos), max(0, left.tokens)), ttl_s)
-            c.put(bucket_key, c.get(bucket_key) + actual, ttl_s)
+        with self._counters([bucket_key, inflight_key]) as view:
+            counting.settle(view, bucket_key, inflight_key, reserved, actual, ttl_s)
 
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
-        with self._counters([bucket_key]) as c:
-            c.put(bucket_key, c.get(bucket_key) + actual, ttl_s)
+        with self._counters([bucket_key]) as view:
+            counting.add(view, bucket_key, actual, ttl_s)
 
     def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
-        with self._counters([*used_keys, inflight_key]) as c:
-            return sum((c.get(k) for k in used_keys), Amount()), c.get(inflight_key)
+        with self._counters([*used_keys, inflight_key]) as view:
+            return counting.read(view, used_keys, inflight_key)
 
     def mark_once(self, key: str, ttl_s: int | None) -> bool:
         now = self._clock()
@@ -336,7 +333,8 @@ class SqliteCounterStore:
 
 
 class _Counters:
-    """The rows of one operation, loaded once inside its transaction; expired rows read as absent."""
+    """A :class:`~._counting.CounterView` of the rows of one operation, loaded once inside its
+    transaction; expired rows read as absent (and are deleted)."""
 
     def __init__(self, conn: sqlite3.Connection, keys: Sequence[str], now: float) -> None:
         self._conn = conn

@@ -26,11 +26,12 @@ How it behaves:
 Signal handlers: ``process``, ``flush`` and ``close`` may be called from a ``SIGTERM`` handler.
 A handler runs on the main thread *between* two bytecodes of whatever the main thread was
 doing, so it must not wait for a lock the interrupted code could be holding. The calling-side
-methods therefore take no lock shared with other code: ``process`` uses only ``deque``
-operations (atomic), ``flush``/``close`` wake the thread through a ``queue.SimpleQueue``
-(whose ``put`` is documented as reentrant) and wait on a fresh ``threading.Event`` created by
-that very call, plus ``Thread.join``. Only the rare overflow path takes a private lock, to
-count drops exactly.
+methods therefore never block on a lock the main thread could hold: ``process`` uses only
+``deque`` operations (atomic), ``flush``/``close`` wake the thread through a
+``queue.SimpleQueue`` (whose ``put`` is documented as reentrant), wait on a fresh
+``threading.Event`` created by that very call and on ``Thread.join``, and detach the exit hook
+with the lock-free ``weakref.finalize.detach``. The overflow path takes its private lock
+without blocking (skipping the trim if it is taken), and drop counting waits at most a second.
 """
 
 from __future__ import annotations
@@ -93,8 +94,13 @@ class _State:
         self.wakeups.put(None)
 
     def overflow(self) -> None:
-        """Keep ``incoming`` bounded while the thread is stuck in a slow ``append``: drop the oldest."""
-        with self.drop_lock:
+        """Keep ``incoming`` bounded while the thread is stuck in a slow ``append``: drop the oldest.
+
+        Non-blocking: if another caller (or the code a signal handler interrupted) is trimming
+        already, skip; the next ``process`` trims again."""
+        if not self.drop_lock.acquire(blocking=False):
+            return
+        try:
             while len(self.incoming) > self.max_buffer:
                 try:
                     item = self.incoming.popleft()
@@ -104,6 +110,18 @@ class _State:
                     self.incoming.append(item)  # still after everything it waited for, just later
                 else:
                     self.dropped += 1
+        finally:
+            self.drop_lock.release()
+
+    def count_dropped(self, n: int) -> None:
+        # Bounded wait: the holder is the writer thread (which never blocks inside) or an
+        # interrupted trim; in the second case an inexact count beats a deadlock.
+        locked = self.drop_lock.acquire(timeout=1.0)
+        try:
+            self.dropped += n
+        finally:
+            if locked:
+                self.drop_lock.release()
 
     def stop(self, timeout: float | None) -> bool:
         """Flush, then stop the thread; ``False`` if records were left unwritten (now counted dropped)."""
@@ -186,8 +204,7 @@ class _State:
     def _drop(self, n: int) -> None:
         for _ in range(n):
             self.buffer.popleft()
-        with self.drop_lock:
-            self.dropped += n
+        self.count_dropped(n)
         self.done += n
 
     def _release_markers(self) -> None:
@@ -262,7 +279,15 @@ class LedgerWriter:
         marker = _Marker()
         self._append(marker)
         state.wake()
-        return marker.done.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Wait in slices: if the thread stops (close from elsewhere) the marker may never be reached.
+        while not marker.done.wait(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))):
+            if not thread.is_alive():
+                return marker.done.is_set() or (
+                    not state.buffer and all(isinstance(i, _Marker) for i in list(state.incoming)))
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush (for up to ``timeout``, default ``close_timeout`` seconds) and stop the thread.
@@ -278,5 +303,4 @@ class LedgerWriter:
             self._state.written += len(records)
         except Exception as exc:
             internal_error(f"ledger.write:{type(self.store).__name__}", exc)
-            with self._state.drop_lock:
-                self._state.dropped += len(records)
+            self._state.count_dropped(len(records))

@@ -1,0 +1,54 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The counter arithmetic every CounterStore shares, over any get/put view of its keys.
+
+A backend supplies atomicity (a lock, a transaction) and a view; the rules live here once::
+
+    with transaction() as view:             # view.get(key) -> Amount, view.put(key, Amount, ttl_s)
+        return reserve(view, used_keys, inflight_key, reservation, limit, ttl_s)
+
+Memory and SQLite use these functions; Redis states the same rules in Lua (one round trip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .base import Amount, Limit
+
+__all__ = ["CounterView", "add", "read", "reserve", "settle"]
+
+
+class CounterView(Protocol):
+    def get(self, key: str) -> Amount:
+        """The key's amount; zero when absent or expired."""
+        ...
+
+    def put(self, key: str, value: Amount, ttl_s: int | None) -> None:
+        """Store ``value``; a TTL restarts the expiry, ``None`` keeps the key's current one."""
+        ...
+
+
+def reserve(view: CounterView, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
+            ttl_s: int | None) -> tuple[bool, Amount, Amount]:
+    used = sum((view.get(k) for k in used_keys), Amount())
+    inflight = view.get(inflight_key)
+    if limit.exhausted_by(used + inflight):
+        return False, used, inflight
+    view.put(inflight_key, inflight + reservation, ttl_s)
+    return True, used, inflight
+
+
+def settle(view: CounterView, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+           ttl_s: int | None) -> None:
+    left = view.get(inflight_key) - reserved
+    view.put(inflight_key, Amount(max(0, left.cost_nanos), max(0, left.tokens)), ttl_s)  # never below zero
+    view.put(bucket_key, view.get(bucket_key) + actual, ttl_s)
+
+
+def add(view: CounterView, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
+    view.put(bucket_key, view.get(bucket_key) + actual, ttl_s)
+
+
+def read(view: CounterView, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
+    return sum((view.get(k) for k in used_keys), Amount()), view.get(inflight_key)
