@@ -81,7 +81,7 @@ class Pipeline:
                     new_model = stage.before_call(intent) or new_model
                 except BudgetExceeded:
                     raise
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     internal_error(f"stage:{type(stage).__name__}.before_call", exc)
         return new_model
 
@@ -89,7 +89,7 @@ class Pipeline:
         for stage in self.stages:
             try:
                 stage.process(record)
-            except Exception as exc:  # noqa: BLE001 - one broken stage must not stop the others
+            except Exception as exc:  # one broken stage must not stop the others
                 internal_error(f"stage:{type(stage).__name__}", exc)
 
     def shutdown(self) -> None:
@@ -98,5 +98,5 @@ class Pipeline:
             if close is not None:
                 try:
                     close()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     internal_error(f"stage:{type(stage).__name__}.close", exc)

@@ -21,16 +21,16 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider, get_tracer
 
 from ._guard import internal_error
+from .budgets.config import BudgetConfig
+from .budgets.engine import BudgetEngine, BudgetEvent
 from .config import Config, load_config
 from .instrumentation.lifecycle import CallHandler
 from .ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger
+from .ledger.counters_memory import MemoryCounterStore
 from .ledger.writer import LedgerWriter
 from .pipeline import Pipeline
 from .pricing import PricingStage
 from .telemetry import Telemetry
-from .budgets.config import BudgetConfig
-from .budgets.engine import BudgetEngine, BudgetEvent
-from .ledger.counters_memory import MemoryCounterStore
 from .usage import TokenUsage, UsageRecord
 
 __all__ = ["Runtime", "active_runtime", "build_runtime"]
@@ -57,7 +57,7 @@ class PricingStep:
         record.priced = True
         try:
             self._price(record)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             internal_error("pricing", exc)
 
     def process(self, record: UsageRecord) -> None:
@@ -136,7 +136,7 @@ class Runtime:
         try:
             self.budgets.write_report(path, event, {"usage_by_model": self.usage_by_model(),
                                                     "exit_code": budget.exit_code})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             internal_error("exit_report", exc)
         self.shutdown()
         flush = getattr(self._meter_provider, "force_flush", None)

@@ -295,7 +295,7 @@ class BudgetEngine:
                 continue
             try:
                 fn(event)
-            except Exception as exc:  # noqa: BLE001 - a user callback must not break the call
+            except Exception as exc:  # a user callback must not break the call that triggered it
                 internal_error("budget_callback", exc)
         return event
 
@@ -339,7 +339,7 @@ class BudgetEngine:
         """Re-read every known instance (window roll-over, rolling decay, other processes' usage)."""
         try:
             self._gauge_cache = self.status()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             internal_error("budget_refresh", exc)
 
     def register_gauges(self, meter: Any) -> None:
