@@ -166,7 +166,8 @@ def _budget_table(status: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
-def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Console | None = None) -> int:
+def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Console | None = None,
+             host: str = "127.0.0.1") -> int:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
@@ -181,7 +182,7 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
 
     # Piped output gets a width that fits the tables rather than rich's 80-column default.
     console = console or Console(width=None if Console().is_terminal else 110)
-    if not _port_free("127.0.0.1", port):
+    if not _port_free(host, port):
         new_port = _free_port()
         console.print(f"[yellow]port {port} is busy; serving metrics on {new_port} instead[/]")
         port = new_port
@@ -193,7 +194,7 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    start_prometheus_endpoint("127.0.0.1", port)
+    start_prometheus_endpoint(host, port)
     instrumentor = LLMUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, config=demo_config())
     runtime = instrumentor.runtime

@@ -1,0 +1,285 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``otel-llm-usage serve``: a small JSON HTTP API over the ledger (stdlib, threaded).
+
+    otel-llm-usage serve --ledger sqlite:///var/lib/app/llm-usage.db              # http://127.0.0.1:8787
+    otel-llm-usage serve --host 0.0.0.0 --token "$TOKEN"                          # a token is then required
+
+    GET  /api/usage?since=7d&until=&group_by=model|function|user|anchor|provider|session
+    GET  /api/budgets
+    GET  /api/top?by=user|anchor|function&n=10
+    POST /api/record   {"provider": "openai", "model": "gpt-4o", "input": "1.2M", "output": 3000, "user": "u1"}
+
+Security model: it binds 127.0.0.1 by default. ``--token`` turns on bearer auth for every request
+(``Authorization: Bearer TOKEN``). Binding any non-loopback address without a token is refused,
+so a manual-record endpoint is never open to the network. Errors are JSON: ``{"error": ..., "status": N}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlsplit
+
+import typer
+
+from ..config import Config
+from ..ledger import RecordQuery
+from ..reports import DIMENSIONS, breakdown, summarize
+from ..runtime import Runtime
+from . import _common as C
+from .amounts import MAX_AMOUNT, AmountError, parse_amount
+from .budget import budget_status
+from .record import record_json
+
+__all__ = ["ApiError", "UsageAPI", "is_loopback", "make_server", "serve"]
+
+logger = logging.getLogger("otel_llm_usage.serve")
+MAX_BODY = 64 * 1024
+_TOP_DIMENSIONS = ("user", "anchor", "function")
+_ATTRIBUTION = ("function", "user", "session", "anchor")
+
+
+class ApiError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname may resolve anywhere: treat it as exposed
+
+
+def _one(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[-1] if values and values[-1] != "" else None
+
+
+def _tokens(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: a token amount is an integer or a string like '1.2M'")
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_AMOUNT:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: must be between 0 and {MAX_AMOUNT}")
+        return value
+    try:
+        return parse_amount(value)
+    except AmountError as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: {exc}") from None
+
+
+class UsageAPI:
+    """The endpoints as plain methods over one :class:`Runtime` (its store, counters and pipeline)."""
+
+    def __init__(self, cfg: Config, runtime: Runtime) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.convert = C.converter(cfg)
+        self.tz = C.resolve_tz(None)
+        self._record_lock = threading.Lock()
+
+    def _period(self, params: dict[str, list[str]]) -> tuple[float | None, float | None]:
+        now = time.time()
+        try:
+            since, until = _one(params, "since"), _one(params, "until")
+            return (C.parse_when(since, self.tz, now) if since else None,
+                    C.parse_when(until, self.tz, now, end=True) if until else None)
+        except ValueError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+    def usage(self, params: dict[str, list[str]]) -> dict[str, Any]:
+        group_by = _one(params, "group_by") or "model"
+        if group_by not in DIMENSIONS:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"group_by must be one of {', '.join(DIMENSIONS)}")
+        since, until = self._period(params)
+        records = self.runtime.records(RecordQuery(since=since, until=until))
+        return {"since": since, "until": until, "currency": self.convert.currency, "group_by": group_by,
+                "totals": summarize(records, self.convert).as_dict(),
+                "groups": [{"key": k, **t.as_dict()} for k, t in breakdown(records, group_by, self.convert)]}
+
+    def top(self, params: dict[str, list[str]]) -> dict[str, Any]:
+        by = _one(params, "by") or "user"
+        if by not in _TOP_DIMENSIONS:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"by must be one of {', '.join(_TOP_DIMENSIONS)}")
+        n_text = _one(params, "n") or "10"
+        if not n_text.isdigit() or not 1 <= int(n_text) <= 1000:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "n must be an integer from 1 to 1000")
+        since, until = self._period(params)
+        rows = breakdown(self.runtime.records(RecordQuery(since=since, until=until)), by, self.convert)
+        return {"by": by, "n": int(n_text), "currency": self.convert.currency,
+                "top": [{"key": k, **t.as_dict()} for k, t in rows[: int(n_text)]]}
+
+    def budgets(self, params: dict[str, list[str]]) -> list[dict[str, Any]]:
+        return budget_status(self.cfg, self.runtime.store, self.runtime.counters)
+
+    def record(self, body: Any) -> dict[str, Any]:
+        from .. import record_usage
+
+        if not isinstance(body, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+        unknown = set(body) - {"provider", "model", "input", "output", "total", *_ATTRIBUTION}
+        if unknown:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown field(s): {', '.join(sorted(unknown))}")
+        for name in ("provider", "model"):
+            if not isinstance(body.get(name), str) or not body[name].strip() or len(body[name]) > 200:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} is required (a non-empty string)")
+        for name in _ATTRIBUTION:
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be a string")
+        inp, out, total = (_tokens(body, n) for n in ("input", "output", "total"))
+        if (total is not None) == (inp is not None or out is not None):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "give input/output tokens or total (priced as input), not both")
+        with self._record_lock:
+            rec = record_usage(provider=body["provider"], model=body["model"],
+                               input_tokens=total if total is not None else inp or 0, output_tokens=out or 0,
+                               function=body.get("function"), user=body.get("user"), session=body.get("session"),
+                               anchor=body.get("anchor"))
+            flush = getattr(self.runtime.ledger, "flush", None)
+            if flush is not None and not flush(timeout=30):
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the ledger did not accept the record in time")
+        return {"recorded": record_json(rec, self.convert)}
+
+
+def _handler(api: UsageAPI, token: str | None) -> type[BaseHTTPRequestHandler]:
+    routes: dict[tuple[str, str], Callable[..., Any]] = {
+        ("GET", "/api/usage"): api.usage, ("GET", "/api/budgets"): api.budgets, ("GET", "/api/top"): api.top,
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "otel-llm-usage"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.info("%s %s", self.address_string(), format % args)
+
+        def _send(self, status: HTTPStatus, payload: Any) -> None:
+            body = (C.dump_json(payload) + "\n").encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            if status == HTTPStatus.UNAUTHORIZED:
+                self.send_header("WWW-Authenticate", 'Bearer realm="otel-llm-usage"')
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _authorized(self) -> bool:
+            if token is None:
+                return True
+            given = self.headers.get("Authorization", "")
+            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())
+
+        def _dispatch(self, method: str) -> None:
+            try:
+                if not self._authorized():
+                    raise ApiError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+                url = urlsplit(self.path)
+                params = parse_qs(url.query, keep_blank_values=True)
+                if method == "POST" and url.path == "/api/record":
+                    self._send(HTTPStatus.CREATED, api.record(self._json_body()))
+                    return
+                route = routes.get((method, url.path))
+                if route is None:
+                    known = {p for _, p in routes} | {"/api/record"}
+                    raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED if url.path in known else HTTPStatus.NOT_FOUND,
+                                   f"{method} {url.path} is not an endpoint of this API")
+                self._send(HTTPStatus.OK, route(params))
+            except ApiError as exc:
+                self._send(exc.status, {"error": str(exc), "status": int(exc.status)})
+            except Exception:
+                logger.exception("serve: %s %s failed", method, self.path)
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error", "status": 500})
+
+        def _json_body(self) -> Any:
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                raise ApiError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
+            if length > MAX_BODY:
+                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
+            try:
+                return json.loads(self.rfile.read(length) or b"null")
+            except ValueError:
+                raise ApiError(HTTPStatus.BAD_REQUEST, "the body is not valid JSON") from None
+
+        def do_GET(self) -> None:
+            self._dispatch("GET")
+
+        def do_POST(self) -> None:
+            self._dispatch("POST")
+
+        def do_PUT(self) -> None:
+            self._dispatch("PUT")
+
+        def do_DELETE(self) -> None:
+            self._dispatch("DELETE")
+
+    return Handler
+
+
+def make_server(api: UsageAPI, host: str, port: int, token: str | None) -> ThreadingHTTPServer:
+    """A bound, not yet serving, server; refuses a non-loopback address without a token."""
+    if token is None and not is_loopback(host):
+        raise ValueError(f"refusing to bind {host} without --token: the API includes POST /api/record; "
+                         "set --token (or OTEL_LLM_USAGE_SERVE_TOKEN) or bind 127.0.0.1")
+    server = ThreadingHTTPServer((host, port), _handler(api, token))
+    server.daemon_threads = True
+    return server
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (non-loopback requires --token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port, printed).")] = 8787,
+    token: Annotated[str | None, typer.Option(envvar="OTEL_LLM_USAGE_SERVE_TOKEN",
+                                              help="Require 'Authorization: Bearer TOKEN' on every request.")] = None,
+    config: C.ConfigOption = None,
+    ledger: C.LedgerOption = None,
+) -> None:
+    """Serve a JSON API over the ledger: usage, budgets, top spenders, and POST /api/record."""
+    from ..runtime import build_runtime, clear_runtime
+
+    if token is not None and not token.strip():
+        C.fail("--token must not be empty", 2)
+    cfg = C.load(config, ledger)
+    runtime = build_runtime(cfg)
+    try:
+        server = make_server(UsageAPI(cfg, runtime), host, port, token)
+    except (ValueError, OSError) as exc:
+        clear_runtime(runtime)
+        runtime.shutdown()
+        C.fail(str(exc), 2)
+    # The port line is what scripts (and the tests) wait for: with --port 0 it is the only way to learn it.
+    typer.echo(f"serving http://{host}:{server.server_port} over {cfg.ledger}"
+               f"{' (bearer token required)' if token else ''}; Ctrl-C to stop")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # service managers stop with SIGTERM: shut down cleanly
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        clear_runtime(runtime)
+        runtime.shutdown()
+        typer.echo("stopped", err=True)
