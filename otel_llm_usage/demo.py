@@ -179,6 +179,7 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
     from ._bootstrap import start_prometheus_endpoint
     from .instrumentor import LLMUsageInstrumentor
     from .testing import LoopbackLLMServer
+    from .testing.server import wait_for_interrupt
 
     # Piped output gets a width that fits the tables rather than rich's 80-column default.
     console = console or Console(width=None if Console().is_terminal else 110)
@@ -223,11 +224,7 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
             console.print("Costs marked * include calls to models without a known price (never counted as free).")
         if serve:
             console.print(f"Serving {metrics_url} until Ctrl-C …")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            wait_for_interrupt()
     finally:
         instrumentor.uninstrument()
         meter_provider.shutdown()

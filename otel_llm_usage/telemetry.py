@@ -20,12 +20,29 @@ from ._guard import set_error_sink
 from .config import AttributionSettings
 from .usage import UsageRecord, billable_breakdown
 
-__all__ = ["LabelPolicy", "Telemetry"]
+__all__ = ["LabelPolicy", "Telemetry", "put_present", "semconv_attributes"]
 
 # Bucket advice from the GenAI semantic conventions (gen-ai-metrics, read 2026-11-26).
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 _ATTR_CACHE_MAX = 20_000
+
+
+def put_present(attrs: dict[str, Any], pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """Add each (key, value) whose value is set: OTel attributes must not be None."""
+    for key, value in pairs:
+        if value is not None and value != "" and value != 0:
+            attrs[key] = value
+    return attrs
+
+
+def semconv_attributes(record: UsageRecord) -> dict[str, Any]:
+    """The GenAI identity attributes shared by the span and the semconv histograms."""
+    return put_present(
+        {N.GEN_AI_OPERATION_NAME: record.operation, N.GEN_AI_PROVIDER_NAME: record.provider},
+        ((N.GEN_AI_REQUEST_MODEL, record.request_model), (N.GEN_AI_RESPONSE_MODEL, record.response_model),
+         (N.SERVER_ADDRESS, record.server_address), (N.SERVER_PORT, record.server_port)),
+    )
 
 
 class LabelPolicy:
@@ -152,18 +169,7 @@ class Telemetry:
         self._record_semconv(record)
 
     def _record_semconv(self, record: UsageRecord) -> None:
-        attrs: dict[str, Any] = {
-            N.GEN_AI_OPERATION_NAME: record.operation,
-            N.GEN_AI_PROVIDER_NAME: record.provider,
-        }
-        if record.request_model:
-            attrs[N.GEN_AI_REQUEST_MODEL] = record.request_model
-        if record.response_model:
-            attrs[N.GEN_AI_RESPONSE_MODEL] = record.response_model
-        if record.server_address:
-            attrs[N.SERVER_ADDRESS] = record.server_address
-        if record.server_port:
-            attrs[N.SERVER_PORT] = record.server_port
+        attrs = semconv_attributes(record)
         if record.status == "blocked":
             return  # nothing was sent: no operation to time
         if record.error_type:

@@ -18,7 +18,7 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,7 +32,7 @@ from .._guard import internal_error
 from ..attribution import Attribution, current_attribution
 from ..errors import BudgetExceeded
 from ..pipeline import CallIntent, Pipeline
-from ..telemetry import LabelPolicy
+from ..telemetry import LabelPolicy, put_present, semconv_attributes
 from ..usage import TokenUsage, UsageRecord, estimate_tokens
 
 __all__ = ["CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestInfo"]
@@ -143,24 +143,12 @@ class Invocation:
     # -- phases --------------------------------------------------------------
     def start_span(self, tracer: Tracer, info: RequestInfo) -> None:
         rec = self.record
-        attrs: dict[str, Any] = {
-            N.GEN_AI_OPERATION_NAME: rec.operation,
-            N.GEN_AI_PROVIDER_NAME: rec.provider,
-        }
-        if rec.request_model:
-            attrs[N.GEN_AI_REQUEST_MODEL] = rec.request_model
-        if rec.server_address:
-            attrs[N.SERVER_ADDRESS] = rec.server_address
-        if rec.server_port:
-            attrs[N.SERVER_PORT] = rec.server_port
-        if info.stream:
-            attrs[N.GEN_AI_REQUEST_STREAM] = True
-        if info.max_output_tokens is not None:
-            attrs[N.GEN_AI_REQUEST_MAX_TOKENS] = info.max_output_tokens
-        for key, value in ((N.ATTR_FUNCTION, rec.function), (N.ATTR_USER, rec.user),
-                           (N.ATTR_SESSION, rec.session), (N.ATTR_ANCHOR, rec.anchor)):
-            if value is not None:
-                attrs[key] = value
+        attrs = put_present(semconv_attributes(rec), (
+            (N.GEN_AI_REQUEST_STREAM, True if info.stream else None),
+            (N.GEN_AI_REQUEST_MAX_TOKENS, info.max_output_tokens),
+            (N.ATTR_FUNCTION, rec.function), (N.ATTR_USER, rec.user),
+            (N.ATTR_SESSION, rec.session), (N.ATTR_ANCHOR, rec.anchor),
+        ))
         if info.span_attributes:
             attrs.update(info.span_attributes)
         downgraded_from = rec.request_params.get("downgraded_from")
@@ -294,20 +282,12 @@ class Invocation:
         if rec.usage_source != "none":
             attrs[N.GEN_AI_USAGE_INPUT_TOKENS] = t.input_tokens
             attrs[N.GEN_AI_USAGE_OUTPUT_TOKENS] = t.output_tokens
-            if t.cached_input_tokens:
-                attrs[N.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = t.cached_input_tokens
-            if t.cache_write_tokens:
-                attrs[N.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = t.cache_write_tokens
-            if t.reasoning_tokens:
-                attrs[N.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = t.reasoning_tokens
-        if rec.response_model:
-            attrs[N.GEN_AI_RESPONSE_MODEL] = rec.response_model
-        if rec.response_id:
-            attrs[N.GEN_AI_RESPONSE_ID] = rec.response_id
-        if rec.finish_reasons:
-            attrs[N.GEN_AI_RESPONSE_FINISH_REASONS] = list(rec.finish_reasons)
-        if rec.ttft_s is not None:
-            attrs[N.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = rec.ttft_s
+            put_present(attrs, ((N.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, t.cached_input_tokens),
+                                (N.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, t.cache_write_tokens),
+                                (N.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, t.reasoning_tokens)))
+        put_present(attrs, ((N.GEN_AI_RESPONSE_MODEL, rec.response_model), (N.GEN_AI_RESPONSE_ID, rec.response_id),
+                            (N.GEN_AI_RESPONSE_FINISH_REASONS, list(rec.finish_reasons) or None),
+                            (N.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, rec.ttft_s)))
         if abandoned:
             attrs[N.ATTR_STREAM_ABANDONED] = True
         # Pricing runs in the pipeline after the span ends, so it adds cost via the record;
@@ -438,21 +418,28 @@ class CallHandler:
             inv.finish()
             return result
 
-    def call_sync(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
-                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        inv = self.begin(spec, instance, args, kwargs)
-        if inv is None:
-            return wrapped(*args, **kwargs)
+    @contextlib.contextmanager
+    def _calling(self, inv: Invocation) -> Iterator[None]:
+        """Around the SDK call: our span is current, nested patched calls pass through, and any
+        exception (``CancelledError`` included) is recorded and re-raised unchanged."""
         token = _in_call.set(True)
         try:
             with trace.use_span(inv.span, end_on_exit=False, record_exception=False,
                                 set_status_on_exception=False):
-                result = wrapped(*args, **inv.kwargs)
+                yield
         except BaseException as exc:
             inv.fail(exc)
             raise
         finally:
             _in_call.reset(token)
+
+    def call_sync(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
+                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        inv = self.begin(spec, instance, args, kwargs)
+        if inv is None:
+            return wrapped(*args, **kwargs)
+        with self._calling(inv):
+            result = wrapped(*args, **inv.kwargs)
         return self.finish_result(inv, result)
 
     async def call_async(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
@@ -460,14 +447,6 @@ class CallHandler:
         inv = self.begin(spec, instance, args, kwargs)
         if inv is None:
             return await wrapped(*args, **kwargs)
-        token = _in_call.set(True)
-        try:
-            with trace.use_span(inv.span, end_on_exit=False, record_exception=False,
-                                set_status_on_exception=False):
-                result = await wrapped(*args, **inv.kwargs)
-        except BaseException as exc:
-            inv.fail(exc)
-            raise
-        finally:
-            _in_call.reset(token)
+        with self._calling(inv):
+            result = await wrapped(*args, **inv.kwargs)
         return self.finish_result(inv, result)

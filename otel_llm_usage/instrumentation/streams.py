@@ -40,12 +40,24 @@ def _on_chunk(inv: Invocation, chunk: Any) -> bool:
         return True
 
 
-class StreamProxy(_Proxy):
+class _StreamBase(_Proxy):
+    """State and abandonment shared by the sync and async proxies."""
+
+    _iterator_method = "__next__"
+
     def __init__(self, wrapped: Any, inv: Invocation) -> None:
         super().__init__(wrapped)
         self._self_inv = inv
         # Some SDK streams are iterables, not iterators: iterate them through one iterator of ours.
-        self._self_it = wrapped if hasattr(wrapped, "__next__") else None
+        self._self_it = wrapped if hasattr(wrapped, self._iterator_method) else None
+
+    def __del__(self) -> None:
+        inv = getattr(self, "_self_inv", None)
+        if inv is not None and not inv.done:
+            inv.finish(abandoned=True)
+
+
+class StreamProxy(_StreamBase):
 
     def __iter__(self) -> StreamProxy:
         return self
@@ -86,17 +98,9 @@ class StreamProxy(_Proxy):
         finally:
             self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
 
-    def __del__(self) -> None:
-        inv = getattr(self, "_self_inv", None)
-        if inv is not None and not inv.done:
-            inv.finish(abandoned=True)
 
-
-class AsyncStreamProxy(_Proxy):
-    def __init__(self, wrapped: Any, inv: Invocation) -> None:
-        super().__init__(wrapped)
-        self._self_inv = inv
-        self._self_it = wrapped if hasattr(wrapped, "__anext__") else None
+class AsyncStreamProxy(_StreamBase):
+    _iterator_method = "__anext__"
 
     def __aiter__(self) -> AsyncStreamProxy:
         return self
@@ -148,11 +152,6 @@ class AsyncStreamProxy(_Proxy):
             return (await exit_(*exc_info)) if exit_ is not None else None
         finally:
             self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
-
-    def __del__(self) -> None:
-        inv = getattr(self, "_self_inv", None)
-        if inv is not None and not inv.done:
-            inv.finish(abandoned=True)
 
 
 def _is_async_iterable(obj: Any) -> bool:

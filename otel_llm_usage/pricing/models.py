@@ -118,7 +118,21 @@ class VolumePricing(BaseModel):
         return self
 
 
-class PriceEntry(_Prices):
+class _ProviderCurrency(BaseModel):
+    """Normalizes the provider (lower case) and currency (upper case) spellings users write."""
+
+    @field_validator("currency", check_fields=False)
+    @classmethod
+    def _upper_currency(cls, value: str | None) -> str | None:
+        return value.strip().upper() if value else value
+
+    @field_validator("provider", check_fields=False)
+    @classmethod
+    def _lower_provider(cls, value: str | None) -> str | None:
+        return value.strip().lower() if value else value
+
+
+class PriceEntry(_Prices, _ProviderCurrency):
     """One priced model: bundled (from ``data/*.yaml``) or from ``pricing.models`` in config.
 
     Config entries may be partial: fields left out are taken from the bundled entry with the
@@ -151,15 +165,6 @@ class PriceEntry(_Prices):
     def _decimal_extra(cls, value: Any) -> Any:
         return _to_decimal(value)
 
-    @field_validator("currency")
-    @classmethod
-    def _upper_currency(cls, value: str | None) -> str | None:
-        return value.strip().upper() if value else value
-
-    @field_validator("provider")
-    @classmethod
-    def _lower_provider(cls, value: str | None) -> str | None:
-        return value.strip().lower() if value else value
 
     @model_validator(mode="after")
     def _check_entry(self) -> PriceEntry:
@@ -204,7 +209,7 @@ class PriceEntry(_Prices):
         return bool(known) and all(p == 0 for p in known) and self.is_priced
 
 
-class HourlyPrice(BaseModel):
+class HourlyPrice(_ProviderCurrency):
     """A self-hosted model billed per hour of runtime instead of per token."""
 
     model_config = ConfigDict(extra="forbid")
@@ -226,15 +231,6 @@ class HourlyPrice(BaseModel):
         _non_negative(value, "per_hour")
         return value
 
-    @field_validator("currency")
-    @classmethod
-    def _upper_currency(cls, value: str | None) -> str | None:
-        return value.strip().upper() if value else value
-
-    @field_validator("provider")
-    @classmethod
-    def _lower_provider(cls, value: str | None) -> str | None:
-        return value.strip().lower() if value else value
 
 
 class PricingSettings(BaseModel):

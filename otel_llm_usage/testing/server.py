@@ -551,6 +551,15 @@ class LoopbackLLMServer:
         return self._fallback, {}
 
 
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C, for commands that serve until the user stops them."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve fake OpenAI/DashScope endpoints on localhost.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -566,10 +575,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  OPENAI_BASE_URL={server.openai_base_url}", flush=True)
     print(f"  DASHSCOPE_HTTP_BASE_URL={server.dashscope_base_url}", flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        wait_for_interrupt()
     finally:
         server.stop()
 
