@@ -343,8 +343,17 @@ def forecast(daily: dict[date, Decimal], today: date, *, budget: Decimal | None 
             exhausted = next((d.isoformat() for d in complete
                               if sum((daily.get(x, Decimal(0)) for x in complete if x <= d), Decimal(0)) >= budget),
                              None)
-    return Forecast(f"{today:%Y-%m}", mtd, daily.get(today, Decimal(0)), avg, by_avg, by_trend, slope, budget,
-                    exhausted)
+    return Forecast(f"{today:%Y-%m}", mtd, daily.get(today, Decimal(0)), _q(avg), _q(by_avg), _q(by_trend), _q(slope),
+                    budget, exhausted)
+
+
+def _q(value: Decimal | None) -> Decimal | None:
+    """Projections are estimates: a nano-unit is finer than any bill, and repeating decimals are noise."""
+    if value is None:
+        return None
+    value = value.quantize(Decimal("1e-9"))
+    # normalize() alone would print whole numbers as 4E+2.
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
 def compute_insights(
