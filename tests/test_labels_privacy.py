@@ -96,3 +96,27 @@ def test_capture_content_is_opt_in_and_capped(llm_server):
         assert "gen_ai.output.messages" in attrs
     finally:
         close_otel(o)
+
+
+def test_100k_distinct_users_stay_within_the_series_cap(otel):
+    from otel_llm_usage import record_usage
+
+    for i in range(100_000):
+        record_usage(provider="openai", model="gpt-4o-mini", input_tokens=1, user=f"user-{i}")
+    users = {lbl["user"] for lbl, _ in otel.samples("llm_usage_requests_total")}
+    assert len(users) == 1001  # the default cap of 1000 distinct values, plus __overflow__
+    assert otel.value("llm_usage_requests_total", user="__overflow__") == 99_000
+    assert otel.value("llm_usage_requests_total") == 100_000  # folded, never dropped
+
+
+def test_no_prompt_or_key_in_the_sqlite_ledger_file(llm_server, tmp_path):
+    db = tmp_path / "ledger.db"
+    o = make_otel(llm_server, Config(ledger=f"sqlite:///{db}", provider_hosts={"127.0.0.1": "openai"}))
+    try:
+        _call(llm_server, "u1")
+        assert len(o.records()) == 1
+    finally:
+        close_otel(o)
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("ledger.db"))
+    assert b"gpt-4o-mini" in raw  # the record is there …
+    assert SECRET_PROMPT.encode() not in raw and API_KEY.encode() not in raw  # … its content is not

@@ -67,6 +67,8 @@ class Scenario:
     malformed_sse: bool = False
     model: str | None = None
     sse_error: bool = False
+    reset_body: bool = False  # non-stream: send half of a JSON body, then drop the connection
+    extra_fields: bool = False  # add unknown fields to responses, as a newer API version would
     source: str = field(default="", compare=False)
 
     _USAGE_VARIANTS: ClassVar[tuple[str, ...]] = ("null", "negative", "string", "huge")
@@ -137,6 +139,8 @@ _KINDS: dict[str, type] = {
     "malformed_json": bool,
     "malformed_sse": bool,
     "sse_error": bool,
+    "reset_body": bool,
+    "extra_fields": bool,
 }
 
 
@@ -282,7 +286,18 @@ class Exchange:
         return self.headers.get(name, "") or ""
 
     def send_json(self, payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
-        self.send_bytes(json.dumps(payload).encode(), status, "application/json", headers)
+        if self.scenario.extra_fields and isinstance(payload, dict) and status == 200:
+            payload = {**payload, "x_loopback_future_field": {"nested": [1, 2]}, "service_tier": "default"}
+        data = json.dumps(payload).encode()
+        if self.scenario.reset_body and status == 200:
+            h = self._handler
+            h.send_response(status)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data[: len(data) // 2])
+            raise _Truncated()
+        self.send_bytes(data, status, "application/json", headers)
 
     def send_bytes(
         self, data: bytes, status: int, content_type: str, headers: Mapping[str, str] | None = None
