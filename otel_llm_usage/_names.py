@@ -31,6 +31,7 @@ GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 ERROR_TYPE = "error.type"
+HTTP_REQUEST_RESEND_COUNT = "http.request.resend_count"
 
 # --- attribution (design.md table) -----------------------------------------
 ATTR_FUNCTION = "llm_usage.function"

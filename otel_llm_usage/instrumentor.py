@@ -26,7 +26,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 
 from .config import Config, load_config
-from .instrumentation.lifecycle import CallHandler, CallSpec
+from .instrumentation.lifecycle import CallHandler, CallSpec, note_attempt
 from .runtime import Runtime, build_runtime, clear_runtime
 
 __all__ = ["LLMUsageInstrumentor"]
@@ -75,6 +75,23 @@ def _targets(config: Config) -> list[tuple[str, str, str, bool, CallSpec]]:
     return out
 
 
+def _attempt_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    note_attempt()
+    return wrapped(*args, **kwargs)
+
+
+def _patch(patched: list[tuple[Any, str, Any]], module_name: str, cls_name: str, method: str,
+           wrapper: Callable[..., Any]) -> None:
+    """Wrap ``module.cls.method`` where the class *defines* it; a missing one (older SDK) is skipped."""
+    try:
+        owner = getattr(importlib.import_module(module_name), cls_name)
+        original = vars(owner)[method]
+    except (ImportError, AttributeError, KeyError):
+        return
+    wrapt.wrap_function_wrapper(owner, method, wrapper)
+    patched.append((owner, method, original))
+
+
 class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Auto-instrumentation entry point ``opentelemetry_instrumentor: llm_usage``."""
 
@@ -102,15 +119,12 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         type(self)._runtime = runtime
         patched: list[tuple[Any, str, Any]] = []
         for module_name, cls_name, method, is_async, spec in _targets(config):
-            try:
-                module = importlib.import_module(module_name)
-                owner = getattr(module, cls_name)
-                original = vars(owner)[method]
-            except (ImportError, AttributeError, KeyError):
-                continue
             factory = _async_wrapper if is_async else _sync_wrapper
-            wrapt.wrap_function_wrapper(owner, method, factory(runtime.handler, spec))
-            patched.append((owner, method, original))
+            _patch(patched, module_name, cls_name, method, factory(runtime.handler, spec))
+        from .instrumentation.openai import ATTEMPT_HOOKS
+
+        for module_name, cls_name, method in ATTEMPT_HOOKS:
+            _patch(patched, module_name, cls_name, method, _attempt_wrapper)
         type(self)._patched = patched
         logger.debug("otel-llm-usage instrumented %d methods", len(patched))
 

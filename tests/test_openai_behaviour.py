@@ -137,6 +137,10 @@ def test_client_retries_make_one_record(otel):
     assert len(otel.server.requests) == 2  # one refused attempt, one answer
     (rec,) = otel.records()
     assert rec.status == "ok" and rec.tokens.input_tokens == 4
+    (span,) = otel.spans()
+    assert span.attributes["http.request.resend_count"] == 1
+    assert [(e.name, e.attributes["http.request.resend_count"]) for e in span.events] == [("retry", 1)]
+    assert otel.value("llm_usage_requests_total") == 1
 
 
 def test_truncated_stream_raises_like_the_sdk_and_records_once(otel):
@@ -229,8 +233,11 @@ def test_uninstrument_restores_every_method_and_cached_wrappers_pass_through(llm
     from openai.resources.chat.completions import AsyncCompletions, Completions
     from openai.resources.embeddings import Embeddings
 
+    from openai._base_client import BaseClient
+
     originals = {(cls, name): vars(cls)[name] for cls in (Completions, AsyncCompletions, Embeddings)
                  for name in ("create",)}
+    originals[(BaseClient, "_build_request")] = vars(BaseClient)["_build_request"]
     o = make_otel(llm_server)
     assert all(vars(cls)[name] is not fn for (cls, name), fn in originals.items())
     c = client(llm_server)

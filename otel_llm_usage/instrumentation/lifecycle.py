@@ -39,7 +39,17 @@ __all__ = ["CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestI
 
 # Set while an instrumented call is on the stack, so an SDK method that calls
 # another patched method (e.g. a helper calling ``create``) is recorded once.
-_in_call: ContextVar[bool] = ContextVar("otel_llm_usage_in_call", default=False)
+_in_call: ContextVar[Invocation | None] = ContextVar("otel_llm_usage_in_call", default=None)
+
+
+def note_attempt() -> None:
+    """Called each time the SDK builds an HTTP request: retries become span events, not new records."""
+    inv = _in_call.get()
+    if inv is not None:
+        inv.attempts += 1
+        if inv.attempts > 1:
+            with contextlib.suppress(Exception):
+                inv.span.add_event("retry", {N.HTTP_REQUEST_RESEND_COUNT: inv.attempts - 1})
 
 
 @dataclass(slots=True)
@@ -99,6 +109,7 @@ class Invocation:
         "_lock",
         "_started",
         "adapter",
+        "attempts",
         "done",
         "estimated_output_chars",
         "first_chunk_at",
@@ -122,6 +133,7 @@ class Invocation:
         self.usage_seen = False
         self.stream_usage_injected = False
         self.first_chunk_at: float | None = None
+        self.attempts = 0
         self.estimated_output_chars = [0, 0]
         self.model_usages: list[tuple[str, TokenUsage]] = []
         self.record = UsageRecord(
@@ -290,6 +302,8 @@ class Invocation:
                             (N.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, rec.ttft_s)))
         if abandoned:
             attrs[N.ATTR_STREAM_ABANDONED] = True
+        if self.attempts > 1:
+            attrs[N.HTTP_REQUEST_RESEND_COUNT] = self.attempts - 1
         # Pricing runs in the pipeline after the span ends, so it adds cost via the record;
         # the handler sets cost attributes before ending when a synchronous pricer is present.
         cost_attrs = self._price_now(records)
@@ -422,7 +436,7 @@ class CallHandler:
     def _calling(self, inv: Invocation) -> Iterator[None]:
         """Around the SDK call: our span is current, nested patched calls pass through, and any
         exception (``CancelledError`` included) is recorded and re-raised unchanged."""
-        token = _in_call.set(True)
+        token = _in_call.set(inv)
         try:
             with trace.use_span(inv.span, end_on_exit=False, record_exception=False,
                                 set_status_on_exception=False):

@@ -24,7 +24,7 @@ from ..usage import count_text, normalize_usage, read_field
 from .lifecycle import Invocation, RequestInfo
 from .providers import provider_from_endpoint
 
-__all__ = ["METHODS", "Method", "OpenAIAdapter"]
+__all__ = ["ATTEMPT_HOOKS", "METHODS", "Method", "OpenAIAdapter"]
 
 class Method(NamedTuple):
     module: str
@@ -55,6 +55,9 @@ METHODS: tuple[Method, ...] = (
     Method("openai.resources.embeddings", "Embeddings", "create", N.OP_EMBEDDINGS, False),
     Method("openai.resources.embeddings", "AsyncEmbeddings", "create", N.OP_EMBEDDINGS, True),
 )
+
+# Called once per HTTP attempt (retries included) in every openai version we support.
+ATTEMPT_HOOKS: tuple[tuple[str, str, str], ...] = (("openai._base_client", "BaseClient", "_build_request"),)
 
 _STREAM_USAGE_OPS = (N.OP_CHAT, N.OP_TEXT_COMPLETION)
 
