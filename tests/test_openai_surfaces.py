@@ -8,6 +8,7 @@ UsageRecord, and the Prometheus counters read from a real exposition scrape.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -306,3 +307,84 @@ def test_surface_records_span_record_and_counters(otel, mode, sync_fn, async_fn,
     assert otel.value("gen_ai_client_operation_duration_seconds_count", gen_ai_operation_name=operation) == 1
     if streamed:
         assert otel.value("gen_ai_client_operation_time_to_first_chunk_seconds_count") == 1
+
+
+# --- every surface: provider errors and streams the caller abandons ----------------------------
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(("sync_fn", "async_fn", "operation", "model", "inp", "out", "streamed", "surface"),
+                         SURFACES)
+def test_surface_provider_error_is_reraised_and_recorded(otel, mode, sync_fn, async_fn, operation, model, inp, out,
+                                                         streamed, surface):
+    if not _has(surface):
+        pytest.skip(f"{surface} does not exist in openai {openai.__version__}")
+    otel.server.push_scenario("status=500")
+    with pytest.raises(openai.InternalServerError):
+        run(mode, otel.server, sync_fn, async_fn)
+    (record,) = otel.records()
+    assert (record.status, record.error_type, record.operation) == ("error", "InternalServerError", operation)
+    (span,) = otel.spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "InternalServerError"
+    assert otel.value("llm_usage_requests_total", status="error", error_type="InternalServerError") == 1
+
+
+def _first(stream: Any, n: int = 1) -> Any:
+    it = iter(stream)
+    return [next(it) for _ in range(n)][-1]
+
+
+ABANDONED = {
+    "chat-stream": lambda c: _first(c.chat.completions.create(model=MODEL, messages=MSG, stream=True)),
+    # The first five Responses events announce the response; the sixth carries the first text delta.
+    "responses-stream": lambda c: _first(c.responses.create(model=MODEL, input="one two", stream=True), 6),
+    "legacy-stream": lambda c: _first(c.completions.create(model="gpt-3.5-turbo-instruct", prompt="x y",
+                                                          stream=True)),
+    "raw-response-stream": lambda c: _first(
+        c.chat.completions.with_raw_response.create(model=MODEL, messages=MSG, stream=True).parse()),
+}
+
+
+@pytest.mark.parametrize("name", list(ABANDONED))
+def test_surface_abandoned_stream_records_once(otel, name):
+    if name.startswith("responses") and not _has("responses"):
+        pytest.skip(f"responses does not exist in openai {openai.__version__}")
+    otel.server.default_scenario = "words=30"
+    assert ABANDONED[name](_sync_client(otel.server)) is not None  # one chunk read, the rest never
+    gc.collect()
+    (record,) = otel.records()
+    assert record.streamed and record.status == "ok"
+    assert record.tokens.input_tokens > 0 and record.tokens.output_tokens > 0
+    (span,) = otel.spans()
+    assert span.attributes["llm_usage.stream.abandoned"] is True
+
+
+def test_stream_helper_left_early_records_once(otel):
+    with _sync_client(otel.server).chat.completions.stream(model=MODEL, messages=MSG) as s:
+        next(iter(s))
+    gc.collect()
+    (record,) = otel.records()
+    assert record.streamed and record.usage_source in ("reported", "estimated")
+    assert len(otel.spans()) == 1
+
+
+def test_async_stream_helper_left_early_records_once(otel):
+    async def go():
+        async with _async_client(otel.server) as c:
+            async with c.chat.completions.stream(model=MODEL, messages=MSG) as s:
+                async for _ in s:
+                    break
+
+    asyncio.run(go())
+    (record,) = otel.records()
+    assert record.streamed
+    assert len(otel.spans()) == 1
+
+
+def test_responses_stream_helper_left_early_records_once(otel):
+    if not _has("responses.stream"):
+        pytest.skip(f"responses.stream does not exist in openai {openai.__version__}")
+    with _sync_client(otel.server).responses.stream(model=MODEL, input="one two") as s:
+        next(iter(s))
+    (record,) = otel.records()
+    assert record.streamed

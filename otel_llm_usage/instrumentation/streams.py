@@ -56,6 +56,32 @@ class _StreamBase(_Proxy):
         if inv is not None and not inv.done:
             inv.finish(abandoned=True)
 
+    @property
+    def response(self) -> Any:
+        # SDK stream helpers (``chat.completions.stream``, ``responses.stream``) close the HTTP
+        # response directly when their ``with`` block ends early; hand them one that tells us.
+        return _ClosingResponse(self.__wrapped__.response, self._self_inv)
+
+
+class _ClosingResponse(_Proxy):
+    """An HTTP response whose ``close`` / ``aclose`` also finalizes the call it belongs to."""
+
+    def __init__(self, wrapped: Any, inv: Invocation) -> None:
+        super().__init__(wrapped)
+        self._self_inv = inv
+
+    def close(self) -> Any:
+        try:
+            return self.__wrapped__.close()
+        finally:
+            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+
+    async def aclose(self) -> Any:
+        try:
+            return await self.__wrapped__.aclose()
+        finally:
+            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+
 
 class StreamProxy(_StreamBase):
 
