@@ -230,10 +230,9 @@ def test_stream_consumed_in_another_thread(otel):
 # --- uninstrument ------------------------------------------------------------------
 
 def test_uninstrument_restores_every_method_and_cached_wrappers_pass_through(llm_server):
+    from openai._base_client import BaseClient
     from openai.resources.chat.completions import AsyncCompletions, Completions
     from openai.resources.embeddings import Embeddings
-
-    from openai._base_client import BaseClient
 
     originals = {(cls, name): vars(cls)[name] for cls in (Completions, AsyncCompletions, Embeddings)
                  for name in ("create",)}

@@ -370,10 +370,9 @@ def test_stream_helper_left_early_records_once(otel):
 
 def test_async_stream_helper_left_early_records_once(otel):
     async def go():
-        async with _async_client(otel.server) as c:
-            async with c.chat.completions.stream(model=MODEL, messages=MSG) as s:
-                async for _ in s:
-                    break
+        async with _async_client(otel.server) as c, c.chat.completions.stream(model=MODEL, messages=MSG) as s:
+            async for _ in s:
+                break
 
     asyncio.run(go())
     (record,) = otel.records()
