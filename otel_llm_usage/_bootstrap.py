@@ -9,20 +9,42 @@ MeterProvider is not an SDK one, we install one whose readers follow
 0.0.0.0:9464), ``otlp`` (extra ``[otlp]``), ``console`` or ``none`` — and a
 TracerProvider when ``OTEL_TRACES_EXPORTER`` names ``console`` or ``otlp``.
 A provider someone else configured is always left alone.
+
+For many processes (replicas, pre-fork workers, short jobs) this module also:
+
+* gives every process its own ``service.instance.id`` (a UUID) unless
+  ``OTEL_RESOURCE_ATTRIBUTES`` sets one, so per-process series pushed over OTLP
+  (cumulative by default, as Prometheus needs) never collide in the Collector;
+* on ``SIGTERM``, when it installed the providers itself and the signal still has
+  its default disposition, flushes the ledger and the metrics first and then
+  lets the default action end the process (exit at interpreter shutdown is
+  covered by the SDK's own ``atexit`` shutdown, which runs a final collection).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import uuid
 from collections.abc import Mapping
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, trace
 
-__all__ = ["setup_default_providers", "start_prometheus_endpoint"]
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+
+__all__ = ["SERVICE_INSTANCE_ID", "process_resource", "setup_default_providers", "start_prometheus_endpoint"]
 
 logger = logging.getLogger("otel_llm_usage")
+SERVICE_INSTANCE_ID = "service.instance.id"
+_SIGTERM_FLUSH_TIMEOUT_S = 5.0
 _started_ports: set[tuple[str, int]] = set()
+# Providers this module installed (and so may flush on SIGTERM).
+_installed: list[object] = []
 
 
 def _names(value: str | None, default: str) -> list[str]:
@@ -46,13 +68,100 @@ def start_prometheus_endpoint(host: str, port: int) -> bool:
     return True
 
 
+def process_resource() -> Resource:
+    """``Resource.create()`` (env and detectors) plus a fresh ``service.instance.id`` if none is set.
+
+    Every process pushing OTLP needs its own id: two replicas sending cumulative sums for the
+    same series identity would overwrite each other in the Collector. Recent SDKs detect one
+    themselves (``ServiceInstanceIdResourceDetector``); older ones (before 1.4x) do not."""
+    from opentelemetry.sdk.resources import Resource
+
+    resource = Resource.create()
+    if resource.attributes.get(SERVICE_INSTANCE_ID):
+        return resource
+    return Resource.create({SERVICE_INSTANCE_ID: str(uuid.uuid4())})
+
+
 def setup_default_providers(env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
-    _setup_metrics(env)
-    _setup_traces(env)
+    resource = process_resource()
+    _setup_metrics(env, resource)
+    _setup_traces(env, resource)
+    if _installed:
+        _install_sigterm_flush()
 
 
-def _setup_metrics(env: Mapping[str, str]) -> None:
+def _install_sigterm_flush() -> bool:
+    """Flush on SIGTERM, but only if nobody (the host, a server framework) handles it already."""
+    if threading.current_thread() is not threading.main_thread():
+        return False  # signal.signal works on the main thread only
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # pragma: no cover - embedded interpreters without signals
+        return False
+    return True
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Flush ledger and telemetry, then terminate exactly as the default SIGTERM would.
+
+    The flush runs on a helper thread with a deadline: this handler interrupts the main
+    thread between two bytecodes, possibly while it holds a lock the flush needs (an SDK
+    aggregation lock, a store lock); waiting on it here would hang the process forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends us at once
+    helper = threading.Thread(target=_flush_all, args=(_SIGTERM_FLUSH_TIMEOUT_S,),
+                              name="otel-llm-usage-sigterm-flush", daemon=True)
+    helper.start()
+    helper.join(_SIGTERM_FLUSH_TIMEOUT_S + 1.0)
+    os.kill(os.getpid(), signal.SIGTERM)  # default disposition now: the process ends by the signal
+
+
+def _flush_all(timeout_s: float) -> None:
+    from .runtime import active_runtime
+
+    runtime = active_runtime(create=False)
+    if runtime is not None:
+        runtime.flush(timeout_s)  # the ledger, then the providers it reports to (ours, normally)
+        return
+    for provider in list(_installed):
+        _force_flush(provider, timeout_s)
+
+
+def _force_flush(provider: object, timeout_s: float) -> None:
+    flush = getattr(provider, "force_flush", None)
+    if flush is None:
+        return
+    try:
+        flush(int(timeout_s * 1000))
+    except Exception as exc:  # shutting down: report, never raise
+        logger.debug("otel-llm-usage: flush of %s failed (%s)", type(provider).__name__, type(exc).__name__)
+
+
+def _after_fork_in_child() -> None:
+    # The Prometheus HTTP thread did not survive the fork: the port is the parent's.
+    _started_ports.clear()
+    if _installed and not _sdk_renews_instance_id():
+        # A pre-fork server forked after zero-code set-up, on an SDK that does not give the child a
+        # new service.instance.id: every worker pushes the parent's id. Instrument after the fork.
+        logger.warning("otel-llm-usage: process forked after its telemetry providers were installed; "
+                       "workers share one service.instance.id. Instrument after fork (see "
+                       "examples/gunicorn/gunicorn.conf.py).")
+
+
+def _sdk_renews_instance_id() -> bool:
+    """Newer SDKs detect service.instance.id per process and refresh it in a forked child."""
+    from opentelemetry.sdk import resources
+
+    return hasattr(resources, "ServiceInstanceIdResourceDetector")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _setup_metrics(env: Mapping[str, str], resource: Resource) -> None:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader
 
@@ -82,12 +191,15 @@ def _setup_metrics(env: Mapping[str, str]) -> None:
 
         readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
     if readers:
-        from opentelemetry.sdk.resources import Resource
+        # Temporality of the OTLP reader follows OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+        # (cumulative by default, which the Collector's Prometheus exporters need). The provider
+        # registers an atexit shutdown whose last collection exports what a short job recorded.
+        provider = MeterProvider(metric_readers=readers, resource=resource)
+        metrics.set_meter_provider(provider)
+        _installed.append(provider)
 
-        metrics.set_meter_provider(MeterProvider(metric_readers=readers, resource=Resource.create()))
 
-
-def _setup_traces(env: Mapping[str, str]) -> None:
+def _setup_traces(env: Mapping[str, str], resource: Resource) -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     if isinstance(trace.get_tracer_provider(), TracerProvider):
@@ -95,10 +207,9 @@ def _setup_traces(env: Mapping[str, str]) -> None:
     names = _names(env.get("OTEL_TRACES_EXPORTER"), "none")
     if "none" in names:
         return
-    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    provider = TracerProvider(resource=Resource.create())
+    provider = TracerProvider(resource=resource)
     added = False
     if "console" in names:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
@@ -113,3 +224,4 @@ def _setup_traces(env: Mapping[str, str]) -> None:
             logger.warning("otel-llm-usage: OTEL_TRACES_EXPORTER=otlp needs `pip install otel-llm-usage[otlp]`")
     if added:
         trace.set_tracer_provider(provider)
+        _installed.append(provider)

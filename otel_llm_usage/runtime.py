@@ -4,6 +4,13 @@
 Built once by :class:`~otel_llm_usage.instrumentor.LLMUsageInstrumentor` (or
 lazily by :func:`record_usage` when nothing is instrumented) from providers
 that are passed in or, by default, the global ones.
+
+Fork safety: a child forked after instrumentation (``multiprocessing``, a pre-fork
+server that imports the app first) inherits the runtime but not its threads, and
+possibly locks that a parent thread held at the moment of the fork. An
+``os.register_at_fork`` hook re-creates those locks in the child and re-arms the
+budget refresh thread, which starts again with the child's first recorded call; the
+ledger writer and the SQLite/Redis stores do the same for their own state.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider, get_tracer
 
@@ -64,6 +73,25 @@ class PricingStep:
         self(record)
 
 
+class _RestartAfterFork:
+    """First pipeline stage of a forked child until its first record: restarts the budget refresh
+    thread there (lazily, so a child that never makes a call never starts a thread), then leaves."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._lock = threading.Lock()
+
+    def process(self, record: UsageRecord) -> None:
+        with self._lock:
+            pipeline = self._runtime.pipeline
+            if self not in pipeline.stages:
+                return
+            # A new list, not remove(): a concurrent submit() may be iterating over the old one.
+            pipeline.stages = [s for s in pipeline.stages if s is not self]
+            if self._runtime.handler.enabled:
+                self._runtime.budgets.start(self._runtime.config.budget_check_interval)
+
+
 def _make_pricer(config: Config) -> PricingStep:
     from .pricing import load_catalog
 
@@ -101,6 +129,7 @@ class Runtime:
         self.budgets.register_gauges(self.telemetry.meter)
         self.budgets.start(config.budget_check_interval)
         self._meter_provider = meter_provider
+        self._tracer_provider = tracer_provider
         stages: list[Any] = [self.pricer, self.budgets, TelemetryStage(self.telemetry), self.ledger]
         self.pipeline = Pipeline(stages)
         tracer = get_tracer("otel_llm_usage", __version__, tracer_provider,
@@ -113,6 +142,7 @@ class Runtime:
             stream_include_usage=config.stream_include_usage,
             pricer=self.pricer,
         )
+        _runtimes.add(self)
 
     def _estimate_cost(self, record: UsageRecord, tokens: TokenUsage) -> tuple[Decimal, str] | None:
         from .pricing import compute_cost
@@ -138,16 +168,44 @@ class Runtime:
                                                     "exit_code": budget.exit_code})
         except Exception as exc:
             internal_error("exit_report", exc)
+        # os._exit skips atexit, where the SDK would have exported the last metrics: do it here,
+        # for whichever provider our instruments report to (the one zero-code set-up installed, too).
+        self.flush(5.0)
         self.shutdown()
-        flush = getattr(self._meter_provider, "force_flush", None)
-        if flush is not None:
-            with contextlib.suppress(Exception):
-                flush(timeout_millis=5000)
         logging.getLogger("otel_llm_usage.budgets").critical(
             "budget %s exhausted with action: exit; terminating with code %d (report: %s)",
             budget.name, budget.exit_code, path)
         logging.shutdown()
         os._exit(budget.exit_code)
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Write queued ledger records, then export metrics and spans, each within ``timeout_s``.
+
+        For exits that skip ``atexit`` (``action: exit``, SIGTERM); never raises."""
+        ledger_flush = getattr(self.ledger, "flush", None)
+        if ledger_flush is not None:
+            try:
+                ledger_flush(timeout=timeout_s)
+            except Exception as exc:
+                internal_error("ledger.flush", exc)
+        providers = (self._meter_provider or metrics.get_meter_provider(),
+                     self._tracer_provider or trace.get_tracer_provider())
+        for provider in providers:
+            flush = getattr(provider, "force_flush", None)  # API no-op/proxy providers have none
+            if flush is not None:
+                with contextlib.suppress(Exception):
+                    flush(int(timeout_s * 1000))
+
+    def _after_fork_in_child(self) -> None:
+        """Only the forking thread exists in the child: re-create what the parent's background
+        threads may have been holding, and re-arm the refresh thread for the first call."""
+        budgets = self.budgets
+        budgets.after_fork_in_child()
+        hook = getattr(self.counters, "after_fork_in_child", None)
+        if hook is not None:
+            hook()
+        if self.handler.enabled and budgets.budgets:
+            self.pipeline.stages.insert(0, _RestartAfterFork(self))
 
     def records(self, query: RecordQuery | None = None) -> list[UsageRecord]:
         """Ledger records, after everything queued so far is written."""
@@ -181,6 +239,21 @@ class Runtime:
 
 _lock = threading.Lock()
 _active: Runtime | None = None
+_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    for runtime in list(_runtimes):
+        try:
+            runtime._after_fork_in_child()
+        except Exception as exc:  # a fork hook must never break the child
+            internal_error("runtime.after_fork", exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def build_runtime(config: Config | None = None, tracer_provider: TracerProvider | None = None,

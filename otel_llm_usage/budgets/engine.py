@@ -368,6 +368,12 @@ class BudgetEngine:
         self._thread = threading.Thread(target=loop, name="otel-llm-usage-budgets", daemon=True)
         self._thread.start()
 
+    def after_fork_in_child(self) -> None:
+        """Only the forking thread survives a fork: new lock, no refresh thread (``start`` makes one)."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -73,5 +73,9 @@ class MemoryCounterStore:
             self._marks[key] = None if ttl_s is None else now + ttl_s
             return True
 
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork; the child's copy would never be released."""
+        self._lock = threading.Lock()
+
     def close(self) -> None:
         pass

@@ -30,6 +30,11 @@ Cluster: give budget keys a ``{hash tag}`` there.
 
 Connections use short timeouts and no client-side retries, so an unreachable Redis fails fast
 and :class:`~otel_llm_usage.ledger.resilient.FailOpenCounterStore` can answer locally.
+
+Fork: nothing to do here. redis-py's ``ConnectionPool`` compares ``os.getpid()`` with the pid
+that created it on every checkout and, in a forked child, drops the inherited sockets (without
+shutting them down: they are still the parent's) and connects afresh; the registered scripts
+are plain SHA1s and stay valid. ``tests/test_scale_out.py`` checks it with a real server.
 """
 
 from __future__ import annotations

@@ -154,6 +154,13 @@ class FailOpenCounterStore:
         answer = self._attempt("mark_once", lambda: self.primary.mark_once(key, ttl_s))
         return self.fallback.mark_once(key, ttl_s) if isinstance(answer, _Unavailable) else answer
 
+    def after_fork_in_child(self) -> None:
+        """New locks in a forked child, for this store and its local fallback."""
+        self._lock = threading.Lock()
+        hook = getattr(self.fallback, "after_fork_in_child", None)
+        if hook is not None:
+            hook()
+
     def close(self) -> None:
         for store in (self.primary, self.fallback):
             try:

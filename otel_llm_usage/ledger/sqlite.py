@@ -33,6 +33,11 @@ Why it is built this way:
   treated as absent and deleted when touched, plus a sweep at most once a minute.
 * ``append`` uses ``INSERT OR IGNORE`` on ``record_id``: a batch retried after an
   ambiguous failure is not counted twice.
+* Fork: SQLite forbids using a connection opened before ``fork()`` in the child. An
+  ``os.register_at_fork`` hook makes the child open its own connection on first use and
+  re-creates the process lock (a parent thread may have held it mid-write). The inherited
+  connection is parked, never used and never closed: closing it could run the parent's
+  end-of-connection work (WAL checkpoint, lock release) on a file the parent still uses.
 * A file that is not a SQLite database raises :class:`~otel_llm_usage.errors.ConfigError`
   when opened (a start-up problem to fix, not to hide). A database that is locked or
   read-only opens anyway and its operations raise ``sqlite3.OperationalError``, which
@@ -46,6 +51,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -132,6 +138,13 @@ class SqliteDatabase:
                 self._connection()
         except sqlite3.OperationalError:
             pass  # locked or read-only right now: operations retry and raise, callers degrade
+        _databases.add(self)
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        if self._conn is not None:
+            _inherited_connections.append(self._conn)
+            self._conn = None
 
     def _connection(self) -> sqlite3.Connection:
         """The open connection, opening it (and creating the schema) if needed. Caller holds the lock."""
@@ -210,6 +223,20 @@ class SqliteDatabase:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+_databases: weakref.WeakSet[SqliteDatabase] = weakref.WeakSet()
+# Connections a forked child inherited: kept referenced so garbage collection never closes them.
+_inherited_connections: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for db in list(_databases):
+        db.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _open(path: str | os.PathLike[str] | SqliteDatabase, busy_timeout: float,

@@ -23,6 +23,11 @@ How it behaves:
   garbage-collected does not stay registered) flushes for up to ``close_timeout`` seconds and
   stops the thread. Records that could not be written by then are counted as ``dropped``.
 
+Fork: a child forked while a writer exists inherits its queue but not its thread. An
+``os.register_at_fork`` hook empties the child's copy of the queue (those records are the
+parent's to write), re-creates the locks and the wake-up queue, and the child's first
+``process`` starts a new thread: a child that never records anything never starts one.
+
 Signal handlers: ``process``, ``flush`` and ``close`` may be called from a ``SIGTERM`` handler.
 A handler runs on the main thread *between* two bytecodes of whatever the main thread was
 doing, so it must not wait for a lock the interrupted code could be holding. The calling-side
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import queue
 import threading
 import time
@@ -81,6 +87,7 @@ class _State:
         self.failures = 0
         self.stopping = False
         self.abandon = False
+        self.restart = False  # set in a forked child: start a thread at the next process()
         # Writer-thread-only state below: the thread is the sole reader and writer.
         self.buffer: deque[UsageRecord] = deque()
         self.markers: deque[_Marker] = deque()
@@ -122,6 +129,34 @@ class _State:
         finally:
             if locked:
                 self.drop_lock.release()
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self.run, name="otel-llm-usage-ledger-writer", daemon=True)
+        self.thread = thread
+        thread.start()
+
+    def after_fork_in_child(self) -> None:
+        """The parent's thread is gone and its queued records are the parent's: start empty."""
+        self.incoming.clear()
+        self.buffer.clear()
+        self.markers.clear()
+        self.drained = self.done = 0
+        self.wakeups = queue.SimpleQueue()
+        self.drop_lock = threading.Lock()
+        self.thread = None
+        self.restart = not self.stopping
+
+    def restart_once(self) -> None:
+        # Non-blocking, like overflow(): whoever holds the lock is starting the thread already,
+        # and the record appended after this call is drained by that thread.
+        if not self.drop_lock.acquire(blocking=False):
+            return
+        try:
+            if self.restart:
+                self.restart = False
+                self.start()
+        finally:
+            self.drop_lock.release()
 
     def stop(self, timeout: float | None) -> bool:
         """Flush, then stop the thread; ``False`` if records were left unwritten (now counted dropped)."""
@@ -212,6 +247,18 @@ class _State:
             self.markers.popleft().done.set()
 
 
+_states: weakref.WeakSet[_State] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for state in list(_states):
+        state.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _shutdown(state: _State, timeout: float) -> None:
     """Exit hook and garbage-collection hook (must not reference the ``LedgerWriter``)."""
     try:
@@ -235,9 +282,8 @@ class LedgerWriter:
         self._incoming = state.incoming
         self._batch_size = state.batch_size
         self._max_buffer = state.max_buffer
-        thread = threading.Thread(target=state.run, name="otel-llm-usage-ledger-writer", daemon=True)
-        state.thread = thread
-        thread.start()
+        state.start()
+        _states.add(state)
         # Runs at interpreter exit (atexit) or when this writer is collected, whichever is first;
         # holds only the state, so registering does not keep the writer alive.
         self._finalizer = weakref.finalize(self, _shutdown, state, close_timeout)
@@ -263,6 +309,8 @@ class LedgerWriter:
         if self._state.stopping:
             self._write_now([record])
             return
+        if self._state.restart:  # first record in a forked child
+            self._state.restart_once()
         self._append(record)
         n = len(self._incoming)
         if n == self._batch_size:
