@@ -69,6 +69,24 @@ def get_budget_status() -> list[dict[str, object]]:
     return list(status()) if callable(status) else []
 
 
+def start_model(model: str) -> None:
+    """Start the runtime meter of an hourly-billed model (``pricing.hourly``) before its first call."""
+    from .runtime import active_runtime
+
+    runtime = active_runtime()
+    assert runtime is not None
+    runtime.pricer.stage.hourly.start_model(model)
+
+
+def stop_model(model: str) -> None:
+    """Stop the runtime meter of an hourly-billed model (e.g. when its GPU server is shut down)."""
+    from .runtime import active_runtime
+
+    runtime = active_runtime()
+    assert runtime is not None
+    runtime.pricer.stage.hourly.stop_model(model)
+
+
 def register_budget_callback(fn: Callable[[BudgetEvent], None]) -> None:
     """Call ``fn(event)`` on every budget event (warn, exceeded, blocked, downgraded, exit)."""
     from .runtime import active_runtime
@@ -102,6 +120,8 @@ __all__ = [
     "get_budget_status",
     "record_usage",
     "register_budget_callback",
+    "start_model",
+    "stop_model",
     "track",
     "usage_context",
 ]

@@ -26,9 +26,10 @@ from decimal import Decimal
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import TracerProvider, get_tracer
 
+from . import _names as N
 from ._guard import internal_error
 from .budgets.config import BudgetConfig
 from .budgets.engine import BudgetEngine, BudgetEvent
@@ -92,10 +93,10 @@ class _RestartAfterFork:
                 self._runtime.budgets.start(self._runtime.config.budget_check_interval)
 
 
-def _make_pricer(config: Config) -> PricingStep:
+def _make_pricer(config: Config, clock: Callable[[], float]) -> PricingStep:
     from .pricing import load_catalog
 
-    return PricingStep(PricingStage(load_catalog(config.pricing), config.pricing))
+    return PricingStep(PricingStage(load_catalog(config.pricing), config.pricing, clock=clock))
 
 
 class Runtime:
@@ -105,7 +106,7 @@ class Runtime:
 
         self.config = config
         self.telemetry = Telemetry(config.attribution, meter_provider)
-        self.pricer = _make_pricer(config)
+        self.pricer = _make_pricer(config, clock)
         self.store: RecordStore
         self.counters: CounterStore
         if config.ledger.startswith("memory://"):
@@ -127,6 +128,7 @@ class Runtime:
             max_instances=config.attribution.max_label_values,
         )
         self.budgets.register_gauges(self.telemetry.meter)
+        self._register_hourly_cost()
         self.budgets.start(config.budget_check_interval)
         self._meter_provider = meter_provider
         self._tracer_provider = tracer_provider
@@ -143,6 +145,20 @@ class Runtime:
             pricer=self.pricer,
         )
         _runtimes.add(self)
+
+    def _register_hourly_cost(self) -> None:
+        """Self-hosted models billed per hour: their cost accrues with runtime, not with calls."""
+        hourly = self.pricer.stage.hourly
+        if not self.config.pricing.hourly:
+            return
+
+        def observe(options: CallbackOptions) -> list[Observation]:
+            return [Observation(float(cost), {"model": model, "currency": hourly.currency(model)})
+                    for model, cost in hourly.accrued_cost().items()]
+
+        self.telemetry.meter.create_observable_counter(
+            N.METRIC_HOURLY_COST, [observe],
+            description="Accrued runtime cost of hourly-billed (self-hosted) models, in their currency.")
 
     def _estimate_cost(self, record: UsageRecord, tokens: TokenUsage) -> tuple[Decimal, str] | None:
         from .pricing import compute_cost
@@ -230,6 +246,7 @@ class Runtime:
         if not self.handler.enabled:
             return
         self.handler.enabled = False
+        self.pricer.stage.hourly.stop_all()  # hourly-billed runtime ends with the process
         self.budgets.close()
         self.pipeline.shutdown()
         for closeable in (self.store, self.counters):

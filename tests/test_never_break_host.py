@@ -74,3 +74,30 @@ def test_record_usage_rejects_bad_amounts(otel, bad):
     with pytest.raises(ValueError, match="input_tokens must be a non-negative integer"):
         record_usage(provider="openai", model="gpt-4o-mini", input_tokens=bad)
     assert otel.records() == []
+
+
+def test_hourly_billed_model_accrues_cost_over_time(llm_server):
+    from otel_llm_usage import start_model, stop_model
+    from otel_llm_usage.config import Config
+
+    from .conftest import close_otel, make_otel
+
+    class Clock:
+        t = 1_800_000_000.0
+
+        def __call__(self):
+            return self.t
+
+    clock = Clock()
+    cfg = Config.model_validate({"pricing": {"currency": "CNY",
+                                             "hourly": [{"model": "my-llama", "per_hour": "12", "currency": "CNY"}]}})
+    o = make_otel(llm_server, cfg, clock=clock)
+    try:
+        start_model("my-llama")
+        clock.t += 1800  # half an hour at 12 CNY/h = 6 CNY
+        assert o.value("llm_usage_hourly_cost_total", model="my-llama", currency="CNY") == pytest.approx(6.0)
+        stop_model("my-llama")
+        clock.t += 3600  # stopped: nothing more accrues
+        assert o.value("llm_usage_hourly_cost_total", model="my-llama") == pytest.approx(6.0)
+    finally:
+        close_otel(o)

@@ -255,3 +255,19 @@ def test_uninstrument_restores_every_method_and_cached_wrappers_pass_through(llm
     finally:
         close_otel(o2)
     assert LLMUsageInstrumentor().runtime is None
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_azure_client_is_attributed_to_azure(otel, mode):
+    kwargs = dict(azure_endpoint=otel.server.url, api_version="2024-10-21", api_key="az-key", max_retries=0)
+    if mode == "sync":
+        openai.AzureOpenAI(**kwargs).chat.completions.create(model="my-gpt4o-deployment", messages=MSG)
+    else:
+        async def go():
+            async with openai.AsyncAzureOpenAI(**kwargs) as c:
+                await c.chat.completions.create(model="my-gpt4o-deployment", messages=MSG)
+        asyncio.run(go())
+    assert otel.server.requests[0].path == "/openai/deployments/my-gpt4o-deployment/chat/completions"
+    (rec,) = otel.records()
+    assert (rec.provider, rec.request_model, rec.tokens.input_tokens) == ("azure.ai.openai", "my-gpt4o-deployment", 4)
+    assert otel.spans()[0].attributes["gen_ai.provider.name"] == "azure.ai.openai"

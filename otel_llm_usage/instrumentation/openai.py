@@ -98,10 +98,11 @@ class OpenAIAdapter:
         if port is None and host:
             port = 443 if scheme == "https" else 80
         path = str(getattr(base_url, "path", "") or "")
-        default = "azure.ai.openai" if "Azure" in client_type else None
-        provider = provider_from_endpoint(host, port, path, overrides=self.provider_hosts, default=default)
-        if "Azure" in client_type and provider == (host or "").lower():
+        if "Azure" in client_type:
+            # The client class says Azure whatever host fronts it (custom domains, gateways, loopback).
             provider = "azure.ai.openai"
+        else:
+            provider = provider_from_endpoint(host, port, path, overrides=self.provider_hosts)
         result = (provider, host, port)
         if len(self._endpoint_cache) < 256:
             self._endpoint_cache[key] = result
