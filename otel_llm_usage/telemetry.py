@@ -13,7 +13,7 @@ import hmac
 import threading
 from typing import Any
 
-from opentelemetry.metrics import Meter, MeterProvider, get_meter_provider
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter_provider
 
 from . import _names as N
 from ._guard import set_error_sink
@@ -81,6 +81,38 @@ class LabelPolicy:
         return value
 
 
+class _Sums:
+    """Cumulative sums per attribute set, handed to the SDK only when a reader collects.
+
+    The ``llm.usage.*`` counters change on every call with 8-9 attributes each; an SDK
+    ``Counter.add`` hashes and validates those attributes on the calling thread every
+    time. Keeping the running sums here (one dict lookup and an add under a lock) and
+    exposing them through an observable counter moves that work to scrape/export time.
+    The exported series, names and cumulative/delta semantics are the same.
+    """
+
+    def __init__(self, max_series: int = 20_000) -> None:
+        self._cells: dict[tuple[Any, ...], list[Any]] = {}
+        self._lock = threading.Lock()
+        self._max_series = max_series
+
+    def add(self, key: tuple[Any, ...], attrs: dict[str, Any], amount: float) -> None:
+        with self._lock:
+            cell = self._cells.get(key)
+            if cell is not None:
+                cell[1] += amount
+            elif len(self._cells) < self._max_series:
+                self._cells[key] = [attrs, amount]
+            else:  # past the series cap everything lands in one overflow series, never dropped
+                over = self._cells.setdefault(("__overflow__",), [{"otel.metric.overflow": True}, 0])
+                over[1] += amount
+
+    def observe(self, options: CallbackOptions) -> list[Observation]:
+        with self._lock:
+            cells = [(attrs, value) for attrs, value in self._cells.values()]
+        return [Observation(value, attrs) for attrs, value in cells]
+
+
 class Telemetry:
     """Creates the instruments once and records one :class:`UsageRecord` into them."""
 
@@ -109,12 +141,13 @@ class Telemetry:
             description="Time from request start to the first streamed chunk.",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
-        self.requests = meter.create_counter(N.METRIC_REQUESTS, description="LLM calls, by outcome.")
-        self.tokens = meter.create_counter(
-            N.METRIC_TOKENS, unit="{token}", description="Tokens by type; the types are disjoint and sum to the total."
-        )
-        self.cost = meter.create_counter(N.METRIC_COST,
-                                         description="Cost of LLM calls in the model's billing currency.")
+        self.requests, self.tokens, self.cost = _Sums(), _Sums(), _Sums()
+        meter.create_observable_counter(N.METRIC_REQUESTS, [self.requests.observe],
+                                        description="LLM calls, by outcome.")
+        meter.create_observable_counter(N.METRIC_TOKENS, [self.tokens.observe], unit="{token}",
+                                        description="Tokens by type; the types are disjoint and sum to the total.")
+        meter.create_observable_counter(N.METRIC_COST, [self.cost.observe],
+                                        description="Cost of LLM calls in the model's billing currency.")
         self.unpriced = meter.create_counter(N.METRIC_UNPRICED, description="Calls whose model has no known price.")
         self.budget_events = meter.create_counter(N.METRIC_BUDGET_EVENTS, description="Budget threshold events.")
         self.internal_errors = meter.create_counter(
@@ -149,21 +182,17 @@ class Telemetry:
     def record(self, record: UsageRecord) -> None:
         base = self._base_labels(record)
         base_key = tuple(base.values())
-        status_attrs = self._cached(
-            ("req", *base_key, record.status, record.error_type),
-            lambda: {**base, "status": record.status, "error_type": record.error_type or "none"},
-        )
-        self.requests.add(1, status_attrs)
+        key = ("req", *base_key, record.status, record.error_type)
+        self.requests.add(key, self._cached(
+            key, lambda: {**base, "status": record.status, "error_type": record.error_type or "none"}), 1)
         for token_type, count in billable_breakdown(record.tokens).items():
             if count > 0:
-                self.tokens.add(
-                    count, self._cached(("tok", *base_key, token_type), lambda t=token_type: {**base, "token_type": t})
-                )
+                key = ("tok", *base_key, token_type)
+                self.tokens.add(key, self._cached(key, lambda t=token_type: {**base, "token_type": t}), count)
         if record.cost is not None:
             currency = record.currency or "unknown"
-            self.cost.add(
-                float(record.cost), self._cached(("cost", *base_key, currency), lambda: {**base, "currency": currency})
-            )
+            key = ("cost", *base_key, currency)
+            self.cost.add(key, self._cached(key, lambda: {**base, "currency": currency}), float(record.cost))
         elif record.status != "blocked":
             self.unpriced.add(1, {"provider": record.provider, "model": self.labels.value("model", record.model)})
         self._record_semconv(record)

@@ -11,12 +11,14 @@ Token accounting convention (the one OpenAI and DashScope report):
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from pydantic import BaseModel
 
 __all__ = [
     "TokenUsage",
@@ -33,12 +35,29 @@ MAX_TOKENS_PER_CALL = 10**9
 
 
 def read_field(obj: Any, *path: str) -> Any:
-    """Read ``obj.a.b`` or ``obj["a"]["b"]`` (SDK models, dicts, DashScope DictMixins)."""
+    """Read ``obj.a.b`` or ``obj["a"]["b"]`` (SDK models, dicts, DashScope DictMixins).
+
+    Runs for every response and streamed chunk, so it avoids ``getattr`` misses on
+    pydantic models (each one raises and catches an exception inside pydantic):
+    their fields live in ``__dict__`` and unknown API fields in ``__pydantic_extra__``.
+    """
     cur = obj
     for key in path:
         if cur is None:
             return None
-        cur = cur.get(key) if isinstance(cur, Mapping) else getattr(cur, key, None)
+        if isinstance(cur, dict):
+            cur = cur.get(key)
+            continue
+        fields = getattr(cur, "__dict__", None)
+        if fields is not None and key in fields:
+            cur = fields[key]
+        elif isinstance(cur, BaseModel):
+            extra = cur.__pydantic_extra__
+            cur = extra.get(key) if extra else None
+        elif isinstance(cur, Mapping):
+            cur = cur.get(key)
+        else:
+            cur = getattr(cur, key, None)
     return cur
 
 
@@ -177,9 +196,17 @@ def estimate_tokens(text_chars: int, cjk_chars: int = 0) -> int:
 
 def count_text(text: str) -> tuple[int, int]:
     """(non-CJK chars, CJK chars) of ``text``, for :func:`estimate_tokens`."""
+    if text.isascii():  # the common case, answered in C without walking the string
+        return len(text), 0
     cjk = sum(1 for ch in text
               if "\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff")
     return len(text) - cjk, cjk
+
+
+def new_record_id() -> str:
+    """32 hex chars, time-ordered like a UUIDv7: ledgers append in key order instead of scattering
+    inserts across their primary-key index (random ids halve SQLite's ingest rate)."""
+    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
 
 
 @dataclass(slots=True)
@@ -206,7 +233,7 @@ class UsageRecord:
     response_id: str | None = None
     finish_reasons: tuple[str, ...] = ()
     timestamp: float = field(default_factory=time.time)
-    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    record_id: str = field(default_factory=lambda: new_record_id())
     # Filled by the pricing stage; ``cost is None`` means "unpriced", never "free".
     cost: Decimal | None = None
     currency: str | None = None

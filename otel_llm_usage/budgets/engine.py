@@ -113,6 +113,7 @@ class BudgetEngine:
         self._gauge_cache: list[dict[str, Any]] = []
         self._logged: set[tuple[str, str, str, str]] = set()
         self._unconvertible: set[str] = set()
+        self._windows: dict[tuple[str, str], Window] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -140,6 +141,15 @@ class BudgetEngine:
             return "all"
         value = record.model if budget.per == "model" else getattr(record, budget.per)
         return str(value) if value else N.UNKNOWN
+
+    def _window(self, budget: BudgetConfig, now: float) -> Window:
+        """The budget's current window, computed once per window rather than once per call."""
+        key = (budget.window, budget.timezone)
+        window = self._windows.get(key)
+        if window is None or not window.start <= now < window.end:
+            window = current_window(budget.window, budget.timezone, now)
+            self._windows[key] = window
+        return window
 
     def _keys(self, budget: BudgetConfig, scope: str, window: Window) -> tuple[list[str], str, str]:
         base = f"{budget.name}|{scope}"
@@ -172,7 +182,7 @@ class BudgetEngine:
                 reservation = self._reservation(intent)
             scope = self.scope_of(budget, record)
             self._remember(budget, scope)
-            window = current_window(budget.window, budget.timezone, now)
+            window = self._window(budget, now)
             used_keys, bucket, inflight_key = self._keys(budget, scope, window)
             admitted, used, inflight = self.store.try_reserve(used_keys, inflight_key, reservation,
                                                               self._limit(budget), window.ttl_s)
@@ -220,7 +230,7 @@ class BudgetEngine:
                     continue
             scope = held.scope if held else self.scope_of(budget, record)
             self._remember(budget, scope)
-            window = current_window(budget.window, budget.timezone, now)
+            window = self._window(budget, now)
             used_keys, bucket, inflight_key = self._keys(budget, scope, window)
             held = held or reserved.get((budget.name, scope))
             if held is not None:
@@ -237,6 +247,8 @@ class BudgetEngine:
         return Amount(cost, record.tokens.total_tokens)
 
     def _nanos(self, cost: Decimal, currency: str | None) -> int:
+        if currency in self._unconvertible:
+            return 0  # already warned; don't raise and catch on every call
         if currency and currency != self.currency:
             try:
                 cost = self._to_reporting(cost, currency)
@@ -306,7 +318,7 @@ class BudgetEngine:
             instances = list(self._instances.items())
         out = []
         for (name, scope), budget in instances:
-            window = current_window(budget.window, budget.timezone, now)
+            window = self._window(budget, now)
             used_keys, _, inflight_key = self._keys(budget, scope, window)
             used, inflight = self.store.read(used_keys, inflight_key)
             for unit, used_v, limit_v in self._units(budget, used):

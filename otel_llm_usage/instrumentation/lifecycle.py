@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from ..attribution import Attribution, current_attribution
 from ..errors import BudgetExceeded
 from ..pipeline import CallIntent, Pipeline
 from ..telemetry import LabelPolicy, put_present, semconv_attributes
-from ..usage import TokenUsage, UsageRecord, estimate_tokens
+from ..usage import TokenUsage, UsageRecord, count_text, estimate_tokens, new_record_id
 
 __all__ = ["CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestInfo"]
 
@@ -199,12 +198,14 @@ class Invocation:
         ))
 
     def add_output_text(self, text: str | None) -> None:
+        """Count streamed text for the estimate used only if no usage arrives (per chunk: keep it cheap)."""
         if text:
-            from ..usage import count_text
-
-            latin, cjk = count_text(text)
-            self.estimated_output_chars[0] += latin
-            self.estimated_output_chars[1] += cjk
+            if text.isascii():
+                self.estimated_output_chars[0] += len(text)
+            else:
+                latin, cjk = count_text(text)
+                self.estimated_output_chars[0] += latin
+                self.estimated_output_chars[1] += cjk
 
     def set_output_text(self, text: str | None) -> None:
         """For providers that resend the full text in every chunk (non-incremental)."""
@@ -264,7 +265,7 @@ class Invocation:
         if not self.model_usages:
             return [rec]
         return [
-            dataclasses.replace(rec, response_model=model, tokens=tokens, record_id=uuid.uuid4().hex,
+            dataclasses.replace(rec, response_model=model, tokens=tokens, record_id=new_record_id(),
                                 request_params=dict(rec.request_params))
             for model, tokens in self.model_usages
         ]

@@ -185,9 +185,11 @@ class OpenAIAdapter:
             self._capture_output(inv, result)
 
     def on_chunk(self, inv: Invocation, chunk: Any) -> bool:
-        event_type = read_field(chunk, "type")
-        if isinstance(event_type, str) and event_type.startswith("response."):
-            return self._on_response_event(inv, chunk, event_type)
+        if self.responses_api:
+            event_type = read_field(chunk, "type")
+            if isinstance(event_type, str) and event_type.startswith("response."):
+                return self._on_response_event(inv, chunk, event_type)
+        # The per-chunk path of every chat stream: a few dict lookups, no content kept.
         rec = inv.record
         if rec.response_model is None:
             model = read_field(chunk, "model")
@@ -202,7 +204,8 @@ class OpenAIAdapter:
         choices = read_field(chunk, "choices")
         if choices:
             for choice in choices:
-                inv.add_output_text(read_field(choice, "delta", "content") or read_field(choice, "text"))
+                delta = read_field(choice, "delta")
+                inv.add_output_text(read_field(delta, "content") if delta is not None else read_field(choice, "text"))
                 reason = read_field(choice, "finish_reason")
                 if reason:
                     rec.finish_reasons = (*rec.finish_reasons, str(reason))
@@ -233,7 +236,7 @@ class OpenAIAdapter:
         texts = []
         for choice in read_field(result, "choices") or []:
             texts.append(read_field(choice, "message", "content") or read_field(choice, "text") or "")
-        output_text = read_field(result, "output_text")
+        output_text = getattr(result, "output_text", None)  # a property of Response, not a field
         if isinstance(output_text, str):
             texts.append(output_text)
         if texts and inv.span.is_recording():

@@ -32,7 +32,8 @@ else:
 
 
 def _on_chunk(inv: Invocation, chunk: Any) -> bool:
-    inv.on_first_chunk()
+    if inv.first_chunk_at is None:
+        inv.on_first_chunk()
     try:
         return inv.adapter.on_chunk(inv, chunk)
     except Exception as exc:

@@ -1,0 +1,171 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Per-call overhead: every variant in its own worker process, rounds interleaved.
+
+One parent drives all workers. A round runs ``n`` units of one surface in
+every worker, one worker at a time (so two cores are never shared between two
+measured variants), and the order of variants rotates each round: drift in CPU
+frequency, page cache or the loopback server hits every variant equally.
+The first round of each surface is a warm-up and is discarded.
+
+Overhead of a variant = its median − the plain SDK's median on the same surface
+and transport, from all kept samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .stats import summarize
+from .variants import PEER_PATH_ENV, VARIANTS, Variant, availability
+from .worker import TAG
+
+__all__ = ["Counts", "OverheadResult", "Worker", "run_overhead"]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Units per round for each surface, and the number of kept rounds."""
+
+    rounds: int
+    per_round: dict[str, int]
+
+
+FULL = Counts(rounds=10, per_round={
+    "chat": 250, "chat_stream_1": 250, "chat_stream_100": 30, "embeddings": 250,
+    "async_chat_100": 5, "chat_loopback": 100, "dashscope": 250, "dashscope_stream_100": 60,
+})
+QUICK = Counts(rounds=2, per_round={
+    "chat": 5, "chat_stream_1": 5, "chat_stream_100": 2, "embeddings": 5,
+    "async_chat_100": 1, "chat_loopback": 3, "dashscope": 5, "dashscope_stream_100": 2,
+})
+
+
+class Worker:
+    """A ``python -m benchmarks.worker`` subprocess speaking the line protocol."""
+
+    def __init__(self, variant: str, redis_url: str | None, loopback_url: str | None) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.worker", variant]
+        if redis_url:
+            cmd += ["--redis-url", redis_url]
+        if loopback_url:
+            cmd += ["--loopback-url", loopback_url]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env, cwd=root, bufsize=1)
+        self.hello = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        stdout: IO[str] | None = self.proc.stdout
+        assert stdout is not None
+        for line in stdout:
+            if line.startswith(TAG):
+                reply: dict[str, Any] = json.loads(line[len(TAG):])
+                return reply
+        stderr = self.proc.stderr.read() if self.proc.stderr else ""
+        return {"ok": False, "error": f"worker exited ({self.proc.wait()}): {stderr[-2000:]}"}
+
+    def run(self, surface: str, n: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": "run", "surface": surface, "n": n}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.write('{"op": "quit"}\n')
+                self.proc.stdin.flush()
+                self._read()
+            except (BrokenPipeError, OSError):
+                pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class OverheadResult:
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    # surface -> variant -> summary (median_us, p95_us, n, overhead_us) or {"unavailable": reason}
+    surfaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_overhead(counts: Counts, redis_url: str | None, loopback_url: str | None,
+                 variants: Sequence[Variant] = VARIANTS, log: Callable[[str], None] = print) -> OverheadResult:
+    """Start one worker per available variant, interleave rounds, summarize."""
+    started = time.perf_counter()
+    result = OverheadResult(counts={"rounds": counts.rounds, "warmup_rounds": 1, "per_round": counts.per_round})
+    workers: dict[str, Worker] = {}
+    for v in variants:
+        reason = availability(v, redis_url)
+        facts: dict[str, Any] = {}
+        if reason is None:
+            w = Worker(v.name, redis_url, loopback_url)
+            if w.hello.get("ok"):
+                workers[v.name] = w
+                facts = w.hello.get("facts", {})
+            else:
+                reason = str(w.hello.get("error", "set-up failed")).splitlines()[0][:300]
+                w.close()
+        result.variants.append({"name": v.name, "label": v.label, "kind": v.kind, "note": v.note,
+                                "available": reason is None, "reason": reason, "facts": facts,
+                                "surfaces": list(v.surfaces)})
+        log(f"  variant {v.name}: {'ready' if reason is None else 'unavailable: ' + reason}")
+    if os.environ.get(PEER_PATH_ENV):
+        result.counts["peer_path"] = os.environ[PEER_PATH_ENV]
+    by_name = {v.name: v for v in variants}
+    try:
+        for surface, n in counts.per_round.items():
+            names = [name for name in workers if surface in by_name[name].surfaces]
+            samples: dict[str, list[int]] = {name: [] for name in names}
+            errors: dict[str, str] = {}
+            for rnd in range(counts.rounds + 1):  # round 0 = warm-up
+                k = rnd % max(1, len(names))
+                for name in names[k:] + names[:k]:
+                    if name in errors:
+                        continue
+                    reply = workers[name].run(surface, n)
+                    if not reply.get("ok"):
+                        errors[name] = str(reply.get("error", "failed"))[:300]
+                    elif rnd > 0:
+                        samples[name].extend(reply["ns"])
+            result.surfaces[surface] = _summaries(surface, samples, errors, variants, by_name)
+            log(f"  surface {surface}: done ({time.perf_counter() - started:.0f} s)")
+    finally:
+        for w in workers.values():
+            w.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _summaries(surface: str, samples: dict[str, list[int]], errors: dict[str, str],
+               variants: Sequence[Variant], by_name: dict[str, Variant]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    plain = summarize(samples["plain"]) if samples.get("plain") else None
+    for v in variants:
+        if surface not in by_name[v.name].surfaces:
+            out[v.name] = {"unavailable": "surface not instrumented by this variant"}
+        elif v.name in errors:
+            out[v.name] = {"unavailable": errors[v.name]}
+        elif not samples.get(v.name):
+            out[v.name] = {"unavailable": "variant unavailable"}
+        else:
+            s: dict[str, Any] = summarize(samples[v.name])
+            if plain is not None:
+                s["overhead_us"] = s["median_us"] - plain["median_us"]
+                s["overhead_p95_us"] = s["p95_us"] - plain["p95_us"]
+            out[v.name] = s
+    return out
