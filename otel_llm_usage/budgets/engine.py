@@ -233,11 +233,16 @@ class BudgetEngine:
             window = self._window(budget, now)
             used_keys, bucket, inflight_key = self._keys(budget, scope, window)
             held = held or reserved.get((budget.name, scope))
-            if held is not None:
-                self.store.settle(bucket, held.inflight_key, held.amount, actual, window.ttl_s)
+            fused = getattr(self.store, "settle_and_read", None)
+            if held is not None and fused is not None:
+                # Redis: one round trip for the settlement and the total the thresholds need.
+                used, _ = fused(bucket, held.inflight_key, held.amount, actual, window.ttl_s, used_keys)
             else:
-                self.store.add(bucket, actual, window.ttl_s)
-            used, _ = self.store.read(used_keys, inflight_key)
+                if held is not None:
+                    self.store.settle(bucket, held.inflight_key, held.amount, actual, window.ttl_s)
+                else:
+                    self.store.add(bucket, actual, window.ttl_s)
+                used, _ = self.store.read(used_keys, inflight_key)
             self._thresholds(budget, scope, window, used)
 
     def _actual(self, record: UsageRecord) -> Amount:

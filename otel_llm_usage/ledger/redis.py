@@ -97,6 +97,21 @@ end
 return 1
 """
 
+# _SETTLE then a read of the window, in one round trip. KEYS = bucket, inflight, used keys...;
+# ARGV as _SETTLE. Returns the raw values of the used keys and then the in-flight key.
+_SETTLE_READ = _SETTLE.replace("return 1", """
+local raw = {}
+local n = 0
+for i = 3, #KEYS + 1 do
+  local key = KEYS[i]
+  if i == #KEYS + 1 then key = KEYS[2] end
+  local v = redis.call('HMGET', key, 'c', 't')
+  raw[2 * n + 1] = v[1] or '0'
+  raw[2 * n + 2] = v[2] or '0'
+  n = n + 1
+end
+return raw""")
+
 # KEYS = bucket. ARGV = cost, tokens, ttl ("" = keep).
 _ADD = """
 redis.call('HINCRBY', KEYS[1], 'c', ARGV[1])
@@ -175,6 +190,7 @@ class RedisCounterStore:
         self._settle = client.register_script(_SETTLE)
         self._add = client.register_script(_ADD)
         self._read = client.register_script(_READ)
+        self._settle_read = client.register_script(_SETTLE_READ)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}c:{key}"
@@ -191,6 +207,14 @@ class RedisCounterStore:
                ttl_s: int | None) -> None:
         self._settle([self._key(bucket_key), self._key(inflight_key)],
                      [reserved.cost_nanos, reserved.tokens, actual.cost_nanos, actual.tokens, _ttl(ttl_s)])
+
+    def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+        """``settle`` then ``read`` in one round trip: the budget stage needs the new total right away."""
+        keys = [self._key(k) for k in (bucket_key, inflight_key, *used_keys)]
+        amounts = _amounts(self._settle_read(keys, [reserved.cost_nanos, reserved.tokens, actual.cost_nanos,
+                                                    actual.tokens, _ttl(ttl_s)]))
+        return sum(amounts[:-1], Amount()), amounts[-1]
 
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
         self._add([self._key(bucket_key)], [actual.cost_nanos, actual.tokens, _ttl(ttl_s)])

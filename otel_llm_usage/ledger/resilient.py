@@ -134,6 +134,22 @@ class FailOpenCounterStore:
             self.fallback.add(bucket_key, actual, ttl_s)
             self._defer(bucket_key, inflight_key, reserved, actual, ttl_s)
 
+    def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+        """One primary round trip when the primary can fuse them; otherwise ``settle`` + ``read``."""
+        fused = getattr(self.primary, "settle_and_read", None)
+        if fused is None or inflight_key in self._local_reserved:
+            self.settle(bucket_key, inflight_key, reserved, actual, ttl_s)
+            return self.read(used_keys, inflight_key)
+        answer = self._attempt("settle", lambda: fused(bucket_key, inflight_key, reserved, actual, ttl_s,
+                                                       used_keys))
+        if isinstance(answer, _Unavailable):
+            self.fallback.add(bucket_key, actual, ttl_s)
+            self._defer(bucket_key, inflight_key, reserved, actual, ttl_s)
+            return self.read(used_keys, inflight_key)
+        self._remember((tuple(used_keys), inflight_key), *answer)
+        return answer  # type: ignore[no-any-return]
+
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
         answer = self._attempt("add", lambda: self.primary.add(bucket_key, actual, ttl_s))
         if isinstance(answer, _Unavailable):
