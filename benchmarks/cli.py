@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
+from otel_llm_usage.testing.redis_server import RedisServer
+
 from . import overhead
-from .redis_server import RedisServer
 from .report import evaluate_targets, render_markdown
 from .subproc import run_module
 
@@ -80,7 +81,7 @@ def run_all(quick: bool) -> dict[str, Any]:
         if redis is None:
             result["notes"].append("redis-server not on PATH: Redis variants and benchmarks skipped")
         else:
-            stack.callback(redis.stop)
+            stack.callback(redis.close)
         redis_url = redis.url if redis else None
         # The loopback server runs in this (parent) process, which idles while a worker is timed.
         server = LoopbackLLMServer().start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import socket
 import time
 import urllib.request
 from collections import defaultdict
@@ -31,21 +30,6 @@ __all__ = ["run_demo"]
 FUNCTIONS = ("live-reply", "gift-thanks", "room-summary")
 USERS = ("viewer-1", "viewer-2", "viewer-3", "viewer-4")
 ANCHORS = ("anchor-lin", "anchor-zhao")
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_config(budget_cny: float = 0.02) -> Config:
@@ -179,12 +163,13 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
     from ._bootstrap import start_prometheus_endpoint
     from .instrumentor import LLMUsageInstrumentor
     from .testing import LoopbackLLMServer
+    from .testing.ports import free_port, port_is_free
     from .testing.server import wait_for_interrupt
 
     # Piped output gets a width that fits the tables rather than rich's 80-column default.
     console = console or Console(width=None if Console().is_terminal else 110)
-    if not _port_free(host, port):
-        new_port = _free_port()
+    if not port_is_free(host, port):
+        new_port = free_port()
         console.print(f"[yellow]port {port} is busy; serving metrics on {new_port} instead[/]")
         port = new_port
     server = LoopbackLLMServer()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .testing.ports import free_port
 
 __all__ = [
     "APP_JOB",
@@ -59,12 +60,6 @@ def default_deploy_dir() -> Path:
     """``deploy/`` of this checkout, else of the current directory."""
     here = Path(__file__).resolve().parents[1] / "deploy"
     return here if here.is_dir() else Path.cwd() / "deploy"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def find_binary(names: Sequence[str]) -> str | None:

@@ -33,6 +33,7 @@ from otel_llm_usage.budgets.engine import BudgetEngine
 from otel_llm_usage.config import load_config
 from otel_llm_usage.ledger import RecordQuery, open_ledger
 from otel_llm_usage.testing import LoopbackLLMServer
+from otel_llm_usage.testing.ports import free_port
 
 from . import redis_fixture
 from .conftest import require_binary
@@ -46,13 +47,6 @@ APP = Path(__file__).parent / "apps" / "scale_out_app.py"
 CALL_TOKENS = 9
 RESERVATION = 10
 WAIT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def free_port_pair() -> int:
