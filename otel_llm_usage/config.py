@@ -69,6 +69,8 @@ class Config(_Strict):
     budgets: tuple[BudgetConfig, ...] = ()
     budget_check_interval: float = Field(60.0, gt=0)
     ledger: str = "memory://"
+    # Per-call records older than this are purged (at start-up and daily); budget counters expire on their own.
+    retention_days: float = Field(90.0, gt=0)
     # Extra endpoint → provider mappings for gateways and proxies, e.g. {"llm-gw.internal": openai}.
     provider_hosts: dict[str, str] = Field(default_factory=dict)
     # Where the file came from, for error messages and the CLI; not a user key.
@@ -98,6 +100,7 @@ _ENV_KEYS: dict[str, tuple[str, ...]] = {
     "CAPTURE_CONTENT_MAX_CHARS": ("capture_content_max_chars",),
     "STREAM_INCLUDE_USAGE": ("stream_include_usage",),
     "LEDGER": ("ledger",),
+    "RETENTION_DAYS": ("retention_days",),
     "BUDGET_CHECK_INTERVAL": ("budget_check_interval",),
     "METRIC_LABELS": ("attribution", "metric_labels"),
     "MAX_LABEL_VALUES": ("attribution", "max_label_values"),

@@ -35,7 +35,7 @@ from .budgets.config import BudgetConfig
 from .budgets.engine import BudgetEngine, BudgetEvent
 from .config import Config, load_config
 from .instrumentation.lifecycle import CallHandler
-from .ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger
+from .ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger, purge_older_than
 from .ledger.counters_memory import MemoryCounterStore
 from .ledger.writer import LedgerWriter
 from .pipeline import Pipeline
@@ -116,6 +116,9 @@ class Runtime:
         else:
             self.store, self.counters = open_ledger(config.ledger)
             self.ledger = LedgerWriter(self.store)
+        self._retention_stop = threading.Event()
+        if not config.ledger.startswith("memory://"):
+            threading.Thread(target=self._retention_loop, name="otel-llm-usage-retention", daemon=True).start()
         self.budgets = BudgetEngine(
             config.budgets,
             self.counters,
@@ -145,6 +148,16 @@ class Runtime:
             pricer=self.pricer,
         )
         _runtimes.add(self)
+
+    def _retention_loop(self) -> None:
+        """Purge records past ``retention_days`` now and then daily, off the calling threads."""
+        while True:
+            try:
+                purge_older_than(self.store, self.config.retention_days)
+            except Exception as exc:  # a locked or unreachable ledger: try again tomorrow
+                internal_error("retention", exc)
+            if self._retention_stop.wait(86_400):
+                return
 
     def _register_hourly_cost(self) -> None:
         """Self-hosted models billed per hour: their cost accrues with runtime, not with calls."""
@@ -247,6 +260,7 @@ class Runtime:
             return
         self.handler.enabled = False
         self.pricer.stage.hourly.stop_all()  # hourly-billed runtime ends with the process
+        self._retention_stop.set()
         self.budgets.close()
         self.pipeline.shutdown()
         for closeable in (self.store, self.counters):

@@ -437,3 +437,38 @@ def test_report_from_prometheus(tmp_path: Path, config: Path) -> None:
     assert [k for k, _ in top_users] == [k for k, _ in expected]
     assert [v for _, v in top_users] == pytest.approx([v for _, v in expected])
     assert {t["key"] for t in data["top"]["function"]} == {"chat", "summary"}
+
+
+def test_ledger_delete_and_purge_commands(tmp_path):
+    import time as _time
+
+    from otel_llm_usage.cli import app
+    from otel_llm_usage.ledger import RecordQuery, open_ledger
+    from otel_llm_usage.usage import TokenUsage, UsageRecord
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    store, counters = open_ledger(url)
+    now = _time.time()
+    store.append([
+        UsageRecord(provider="openai", operation="chat", request_model="gpt-4o", user="alice",
+                    tokens=TokenUsage(1, 1), timestamp=now),
+        UsageRecord(provider="openai", operation="chat", request_model="gpt-4o", user="bob",
+                    tokens=TokenUsage(1, 1), timestamp=now),
+        UsageRecord(provider="openai", operation="chat", request_model="gpt-4o-mini", user="bob",
+                    tokens=TokenUsage(1, 1), timestamp=now - 200 * 86400),
+    ])
+    store.close()
+    counters.close()
+    runner = CliRunner()
+    result = runner.invoke(app, ["ledger", "delete", "--ledger", url])
+    assert result.exit_code == 2 and "nothing deleted" in result.output
+    result = runner.invoke(app, ["ledger", "delete", "--ledger", url, "--user", "alice"])
+    assert result.exit_code == 0 and "deleted 1 records" in result.output
+    result = runner.invoke(app, ["ledger", "purge", "--ledger", url, "--older-than-days", "90"])
+    assert result.exit_code == 0 and "removed 1 records" in result.output
+    store, counters = open_ledger(url)
+    try:
+        assert [(r.user, r.model) for r in store.query(RecordQuery())] == [("bob", "gpt-4o")]
+    finally:
+        store.close()
+        counters.close()

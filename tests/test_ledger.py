@@ -552,3 +552,26 @@ def test_writer_loses_nothing_at_exit_or_sigterm(tmp_path: Path, mode: str) -> N
         assert count == 1000
     else:  # everything processed before the handler ran: close() succeeded, nothing dropped
         assert tail[0] == "True" and int(tail[1]) == count >= 1000 and tail[2] == "0"
+
+
+def test_runtime_purges_records_past_retention_at_start(tmp_path: Path) -> None:
+    import time as _time
+
+    from otel_llm_usage.config import Config
+    from otel_llm_usage.runtime import Runtime
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store, counters = open_ledger(url)
+    now = _time.time()
+    store.append([make_record(0, ts=now - 100 * 86_400), make_record(1, ts=now - 10 * 86_400)])
+    store.close()
+    counters.close()
+    runtime = Runtime(Config(ledger=url, retention_days=30), None, None)
+    try:
+        deadline = _time.monotonic() + 10
+        while len(runtime.records()) != 1 and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        (kept,) = runtime.records()
+        assert kept.timestamp == pytest.approx(now - 10 * 86_400)
+    finally:
+        runtime.shutdown()

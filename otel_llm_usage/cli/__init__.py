@@ -30,10 +30,12 @@ app.command("estimate")(_estimate)
 app.command("serve")(_serve)
 
 from .insights import insights as _insights  # noqa: E402
+from .ledger import ledger_app  # noqa: E402
 from .rules import rules_app  # noqa: E402
 from .stack import stack_app  # noqa: E402
 
 app.command("insights")(_insights)
+app.add_typer(ledger_app, name="ledger", help="Retention purge and deletion of ledger records.")
 app.add_typer(rules_app, name="rules", help="Generate Prometheus alert rules from the configured budgets.")
 app.add_typer(stack_app, name="stack", help="Run the demo app, Prometheus and Alertmanager locally (no Docker).")
 
