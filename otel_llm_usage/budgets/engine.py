@@ -114,6 +114,7 @@ class BudgetEngine:
         self._logged: set[tuple[str, str, str, str]] = set()
         self._unconvertible: set[str] = set()
         self._windows: dict[tuple[str, str], Window] = {}
+        self._limits: dict[str, Limit] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -155,10 +156,13 @@ class BudgetEngine:
         base = f"{budget.name}|{scope}"
         return [f"{base}|{b}" for b in window.bucket_ids], f"{base}|{window.current_bucket}", f"{base}|inflight"
 
-    @staticmethod
-    def _limit(budget: BudgetConfig) -> Limit:
-        lim = budget.limit
-        return Limit(to_nanos(lim.cost) if lim.cost is not None else None, lim.tokens)
+    def _limit(self, budget: BudgetConfig) -> Limit:
+        limit = self._limits.get(budget.name)
+        if limit is None:  # converted once: the Decimal work is per budget, not per call
+            lim = budget.limit
+            limit = self._limits[budget.name] = Limit(to_nanos(lim.cost) if lim.cost is not None else None,
+                                                      lim.tokens)
+        return limit
 
     def _remember(self, budget: BudgetConfig, scope: str) -> None:
         key = (budget.name, scope)
