@@ -30,6 +30,10 @@ from otel_llm_usage.usage import UsageRecord
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# Fixture ledgers hold records from fixed past dates; the default 90-day retention of every runtime
+# (including CLI subprocesses, which inherit this) would purge them mid-test. Retention has its own test.
+os.environ["OTEL_LLM_USAGE_RETENTION_DAYS"] = "36500"
+
 
 def require_binary(name: str) -> str:
     """A real binary a test needs: fail loudly in CI, skip (with the reason) elsewhere."""

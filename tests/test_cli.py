@@ -100,8 +100,14 @@ def console_script() -> list[str]:
     return [path] if path else [sys.executable, "-c", "from otel_llm_usage.cli import main; main()"]
 
 
+def _clean_env() -> dict[str, str]:
+    """The parent's environment without OTel settings, but keeping conftest's retention override."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("OTEL_") or k == "OTEL_LLM_USAGE_RETENTION_DAYS"}
+
+
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env = _clean_env()
     return subprocess.run([*console_script(), *args], capture_output=True, text=True, timeout=timeout, env=env,
                           check=False)
 
@@ -294,7 +300,7 @@ def test_estimate_qwen_tokenizer_offline(tmp_path: Path) -> None:
 def server(ledger: str, config: Path) -> Iterator[str]:
     proc = subprocess.Popen([*console_script(), "serve", "--port", "0", "--ledger", ledger, "-c", str(config),
                              "--token", "s3cret"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
+                            env=_clean_env())
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # "serving http://127.0.0.1:PORT ..." once bound
