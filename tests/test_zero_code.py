@@ -63,3 +63,25 @@ def test_opentelemetry_instrument_serves_prometheus_metrics(llm_server, tmp_path
     assert "gen_ai_client_operation_duration_seconds_bucket" in samples
     assert "gen_ai_client_token_usage_bucket" in samples
     assert any(lbl.get("service_name") == "zero-code-test" for lbl, _ in samples.get("target_info", []))
+
+
+@pytest.mark.slow
+def test_opentelemetry_instrument_sends_traces_where_otel_traces_exporter_says(llm_server, tmp_path):
+    instrument = shutil.which("opentelemetry-instrument")
+    assert instrument
+    config = tmp_path / "otel-llm-usage.yaml"
+    config.write_text('provider_hosts: {"127.0.0.1": openai}\n')
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "LOOPBACK_OPENAI_URL": llm_server.openai_base_url,
+        "OTEL_LLM_USAGE_CONFIG": str(config),
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_TRACES_EXPORTER": "console",
+    }
+    proc = subprocess.run([instrument, sys.executable, str(APP)], env=env, input="", capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # The console exporter prints one JSON document per span at exit (batch flush on shutdown).
+    assert proc.stdout.count('"name": "chat gpt-4o-mini"') == 3
+    assert '"llm_usage.function": "zero-code-feature"' in proc.stdout
+    assert '"gen_ai.usage.input_tokens": 3' in proc.stdout
