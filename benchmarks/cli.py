@@ -93,6 +93,10 @@ def run_all(quick: bool) -> dict[str, Any]:
         result["overhead"] = {"variants": oh.variants, "surfaces": oh.surfaces, "counts": oh.counts,
                               "seconds": oh.seconds}
 
+        _log("stream proxy per chunk ...")
+        result["chunk"] = run_module("benchmarks.chunk_bench", ["--repeats", "200" if quick else "3000"],
+                                     timeout=120)
+
         _log("ledger ingest ...")
         result["ledger"] = {}
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-"))

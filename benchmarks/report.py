@@ -48,10 +48,16 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         "met": None if ratio is None else ratio <= 0.5,
     })
     chunk = per_chunk_us(result, OURS_FULL)
+    isolated = result.get("chunk", {}).get("per_chunk_us")
+    # The proxy's own per-chunk cost decides the target; the end-to-end difference of two ~8 ms
+    # medians is shown beside it but moves by microseconds between runs.
+    decisive = isolated if isolated is not None else chunk
     targets.append({
         "name": "stream: <= 2 us added per chunk after the first",
-        "measured": None if chunk is None else f"{chunk:.2f} us/chunk",
-        "met": None if chunk is None else chunk <= 2.0,
+        "measured": None if decisive is None else
+        f"{decisive:.2f} us/chunk (stream proxy alone)" + ("" if chunk is None else
+                                                            f"; end to end {chunk:.2f} us/chunk"),
+        "met": None if decisive is None else decisive <= 2.0,
     })
     sqlite = result.get("ledger", {}).get("sqlite", {})
     enqueue = sqlite.get("enqueue_us_median")

@@ -246,7 +246,7 @@ class Invocation:
             if self.first_chunk_at is not None:
                 rec.ttft_s = max(0.0, self.first_chunk_at - self._started)
             if not self.usage_seen:
-                self._estimate_usage(sent=rec.status != "error" or abandoned)
+                self._estimate_usage()
             records = self._records()
             self._end_span(abandoned, records)
         except Exception as exc:
@@ -270,7 +270,7 @@ class Invocation:
             for model, tokens in self.model_usages
         ]
 
-    def _estimate_usage(self, *, sent: bool) -> None:
+    def _estimate_usage(self) -> None:
         """No usage from the provider: an estimate, never zero, when the request got an answer."""
         rec = self.record
         produced = self.estimated_output_chars[0] + self.estimated_output_chars[1] > 0
