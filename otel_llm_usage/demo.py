@@ -32,8 +32,9 @@ USERS = ("viewer-1", "viewer-2", "viewer-3", "viewer-4")
 ANCHORS = ("anchor-lin", "anchor-zhao")
 
 
-def demo_config(budget_cny: float = 0.02) -> Config:
+def demo_config(budget_cny: float = 0.02, ledger: str = "memory://") -> Config:
     return Config.model_validate({
+        "ledger": ledger,
         "provider_hosts": {"127.0.0.1": "openai"},
         "pricing": PricingSettings(currency="CNY", exchange_rates={"USD": Decimal("7.1")}),
         "budgets": [
@@ -151,7 +152,7 @@ def _budget_table(status: list[dict[str, Any]], console: Console) -> None:
 
 
 def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Console | None = None,
-             host: str = "127.0.0.1") -> int:
+             host: str = "127.0.0.1", ledger: str = "memory://") -> int:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
@@ -182,7 +183,8 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     start_prometheus_endpoint(host, port)
     instrumentor = LLMUsageInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, config=demo_config())
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            config=demo_config(ledger=ledger))
     runtime = instrumentor.runtime
     assert runtime is not None
     try:
@@ -205,6 +207,8 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
         console.print(f"[bold]Prometheus metrics[/] at {metrics_url} ({len(body.splitlines())} lines), e.g.:")
         for line in lines[:6]:
             console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
+        if not ledger.startswith("memory://"):
+            console.print(f"Records written to {ledger}: try `otel-llm-usage report --ledger {ledger}`.")
         if any(r.cost is None and r.status == "ok" for r in records):
             console.print("Costs marked * include calls to models without a known price (never counted as free).")
         if serve:

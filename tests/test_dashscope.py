@@ -469,3 +469,24 @@ def test_uninstrument_restores_classmethods(llm_server):
     close_otel(o)
     assert all(vars(owner)[name] is fn for (owner, name), fn in zip(owners, originals, strict=True))
     assert isinstance(vars(dashscope.Generation)["call"], classmethod)
+
+
+def test_no_prompt_or_key_in_dashscope_telemetry(ds, caplog):
+    import logging
+
+    secret, key = "the-anchors-private-notes-9931", "sk-dashscope-DO-NOT-LEAK"
+    caplog.set_level(logging.DEBUG, logger="otel_llm_usage")
+    msgs = [{"role": "user", "content": secret}]
+    dashscope.Generation.call(model=MODEL, messages=msgs, api_key=key, result_format="message")
+    list(dashscope.Generation.call(model=MODEL, messages=msgs, api_key=key, stream=True, incremental_output=True))
+    dashscope.Generation.call(model=MODEL, messages=msgs, api_key=key, **scenario("status=429"))
+    with dashscope.Client(api_key=key, base_url=ds.server.dashscope_base_url, max_retries=0) as c:
+        c.chat.completions.create(model=MODEL, messages=msgs)
+    assert len(ds.records()) == 4
+    blobs = [ds.scrape(), *(r.getMessage() for r in caplog.records if r.name.startswith("otel_llm_usage"))]
+    for span in ds.spans():
+        blobs.append(repr(dict(span.attributes or {})))
+        blobs.extend(repr(e.attributes) for e in span.events)
+    blobs.extend(repr(r) for r in ds.records())
+    text = "\n".join(blobs)
+    assert secret not in text and key not in text

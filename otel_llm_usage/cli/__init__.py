@@ -46,11 +46,13 @@ def demo(
     host: str = typer.Option("127.0.0.1", help="Address for /metrics (0.0.0.0 to let another container scrape)."),
     calls: int = typer.Option(24, min=1, max=10_000, help="Number of instrumented app calls to make."),
     serve: bool = typer.Option(False, "--serve", help="Keep serving /metrics after the run, until Ctrl-C."),
+    ledger: str = typer.Option("memory://", help="Also keep the records in this ledger (e.g. sqlite:///tmp/demo.db), "
+                                                 "to explore with `report`, `insights`, `budget status`."),
 ) -> None:
     """Run an instrumented app against a loopback LLM server and print costs and metrics (offline)."""
     from ..demo import run_demo
 
-    raise typer.Exit(run_demo(port=port, calls=calls, serve=serve, host=host))
+    raise typer.Exit(run_demo(port=port, calls=calls, serve=serve, host=host, ledger=ledger))
 
 
 @app.command("check-config")
