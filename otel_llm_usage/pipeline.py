@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from ._guard import internal_error
+from .errors import BudgetExceeded
 from .usage import UsageRecord
 
 __all__ = ["CallIntent", "Pipeline", "PreCallStage", "Stage"]
@@ -60,29 +61,39 @@ class PreCallStage(Protocol):
 class Pipeline:
     def __init__(self, stages: list[Stage] | None = None) -> None:
         self.stages: list[Stage] = list(stages or [])
-        self.has_pre_call = self._has_pre_call()
+        self._pre_call_cache: tuple[int, int, list[PreCallStage]] | None = None
+        self.has_pre_call = bool(self._pre_call_stages())
 
     def add(self, stage: Stage) -> None:
         self.stages.append(stage)
-        self.has_pre_call = self._has_pre_call()
+        self.has_pre_call = bool(self._pre_call_stages())
 
-    def _has_pre_call(self) -> bool:
-        """Whether any stage wants to see calls before they are sent (budgets that can refuse)."""
-        return any(isinstance(s, PreCallStage) and getattr(s, "wants_pre_call", True) for s in self.stages)
+    def _pre_call_stages(self) -> list[PreCallStage]:
+        """Stages that want to see calls before they are sent (budgets that can refuse).
+
+        Cached: ``isinstance`` against a runtime-checkable Protocol inspects every member
+        and would cost microseconds per stage on every call. The key notices the list
+        being replaced or grown from outside (the fork hook, tests).
+        """
+        key = (id(self.stages), len(self.stages))
+        cache = self._pre_call_cache
+        if cache is None or cache[:2] != key:
+            found: list[PreCallStage] = [s for s in self.stages
+                                         if isinstance(s, PreCallStage) and getattr(s, "wants_pre_call", True)]
+            cache = (key[0], key[1], found)
+            self._pre_call_cache = cache
+        return cache[2]
 
     def before_call(self, intent: CallIntent) -> str | None:
         """Pre-call checks; ``BudgetExceeded`` propagates on purpose, anything else is ours."""
-        from .errors import BudgetExceeded
-
         new_model: str | None = None
-        for stage in self.stages:
-            if isinstance(stage, PreCallStage):
-                try:
-                    new_model = stage.before_call(intent) or new_model
-                except BudgetExceeded:
-                    raise
-                except Exception as exc:
-                    internal_error(f"stage:{type(stage).__name__}.before_call", exc)
+        for stage in self._pre_call_stages():
+            try:
+                new_model = stage.before_call(intent) or new_model
+            except BudgetExceeded:
+                raise
+            except Exception as exc:
+                internal_error(f"stage:{type(stage).__name__}.before_call", exc)
         return new_model
 
     def submit(self, record: UsageRecord) -> None:

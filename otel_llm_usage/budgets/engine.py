@@ -182,8 +182,9 @@ class BudgetEngine:
         for budget in self.budgets:
             if budget.action == "alert" or not self.matches(budget, record):
                 continue
-            if reservation is None:
-                reservation = self._reservation(intent)
+            if reservation is None or (budget.limit.cost is not None and not reservation.cost_nanos):
+                # Pricing the estimate is the costly part: only budgets with a cost limit need it.
+                reservation = self._reservation(intent, with_cost=budget.limit.cost is not None)
             scope = self.scope_of(budget, record)
             self._remember(budget, scope)
             window = self._window(budget, now)
@@ -205,9 +206,11 @@ class BudgetEngine:
             raise BudgetExceeded(budget.name, scope, used_v, limit_v, unit)
         return new_model
 
-    def _reservation(self, intent: CallIntent) -> Amount:
+    def _reservation(self, intent: CallIntent, *, with_cost: bool) -> Amount:
         out = intent.max_output_tokens or self.default_output_reservation
         tokens = TokenUsage(input_tokens=intent.estimated_input_tokens, output_tokens=out)
+        if not with_cost:
+            return Amount(0, tokens.total_tokens)
         priced = self._estimate_cost(intent.record, tokens)
         return Amount(self._nanos(*priced) if priced is not None else 0, tokens.total_tokens)
 
