@@ -189,8 +189,15 @@ class OpenAIAdapter:
             event_type = read_field(chunk, "type")
             if isinstance(event_type, str) and event_type.startswith("response."):
                 return self._on_response_event(inv, chunk, event_type)
-        # The per-chunk path of every chat stream: a few dict lookups, no content kept.
+        # The per-chunk path of every chat stream. SDK chunks are pydantic models whose fields sit in
+        # ``__dict__``: read them there directly (a function call per field costs more than the read);
+        # anything else (dicts, odd shapes) takes the general ``read_field`` path.
         rec = inv.record
+        try:
+            fields = chunk.__dict__
+            usage, choices = fields["usage"], fields["choices"]
+        except (AttributeError, KeyError):
+            usage, choices = read_field(chunk, "usage"), read_field(chunk, "choices")
         if rec.response_model is None:
             model = read_field(chunk, "model")
             if isinstance(model, str) and model:
@@ -198,15 +205,19 @@ class OpenAIAdapter:
             rid = read_field(chunk, "id")
             if isinstance(rid, str):
                 rec.response_id = rid
-        usage = read_field(chunk, "usage")
         if usage is not None:
             inv.set_usage(normalize_usage(usage))
-        choices = read_field(chunk, "choices")
         if choices:
             for choice in choices:
-                delta = read_field(choice, "delta")
-                inv.add_output_text(read_field(delta, "content") if delta is not None else read_field(choice, "text"))
-                reason = read_field(choice, "finish_reason")
+                try:
+                    parts = choice.__dict__
+                    delta, reason = parts["delta"], parts["finish_reason"]
+                    text = delta.__dict__["content"] if delta is not None else None
+                except (AttributeError, KeyError):
+                    delta, reason = read_field(choice, "delta"), read_field(choice, "finish_reason")
+                    text = read_field(delta, "content") if delta is not None else read_field(choice, "text")
+                if text:
+                    inv.add_output_text(text)
                 if reason:
                     rec.finish_reasons = (*rec.finish_reasons, str(reason))
             return True
