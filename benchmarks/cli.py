@@ -94,7 +94,7 @@ def run_all(quick: bool) -> dict[str, Any]:
                               "seconds": oh.seconds}
 
         _log("stream proxy per chunk ...")
-        result["chunk"] = run_module("benchmarks.chunk_bench", ["--repeats", "200" if quick else "3000"],
+        result["chunk"] = run_module("benchmarks.chunk_bench", ["--repeats", "20" if quick else "400"],
                                      timeout=120)
 
         _log("ledger ingest ...")

@@ -90,19 +90,26 @@ class StreamProxy(_StreamBase):
         return self
 
     def __next__(self) -> Any:
-        inv = self._self_inv
+        # The per-chunk hot path: one proxy attribute read, then plain locals.
+        inv, it = self._self_inv, self._self_it
+        if it is None:
+            it = self._self_it = iter(self.__wrapped__)
         while True:
             try:
-                if self._self_it is None:
-                    self._self_it = iter(self.__wrapped__)
-                chunk = next(self._self_it)
+                chunk = next(it)
             except StopIteration:
                 inv.finish()
                 raise
             except BaseException as exc:
                 inv.fail(exc)
                 raise
-            if _on_chunk(inv, chunk):
+            if inv.first_chunk_at is None:
+                inv.on_first_chunk()
+            try:
+                if inv.adapter.on_chunk(inv, chunk):
+                    return chunk
+            except Exception as exc:  # a chunk we cannot read is still the caller's chunk
+                internal_error("stream_chunk", exc)
                 return chunk
 
     def close(self) -> Any:
