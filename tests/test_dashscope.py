@@ -490,3 +490,22 @@ def test_no_prompt_or_key_in_dashscope_telemetry(ds, caplog):
     blobs.extend(repr(r) for r in ds.records())
     text = "\n".join(blobs)
     assert secret not in text and key not in text
+
+
+def test_without_dashscope_the_instrumentor_loads_and_openai_works(llm_server):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['dashscope'] = None  # as if the [dashscope] extra were not installed\n"
+        "import openai\n"
+        "from otel_llm_usage.config import Config\n"
+        "from otel_llm_usage.instrumentor import LLMUsageInstrumentor\n"
+        "i = LLMUsageInstrumentor(); i.instrument(config=Config())\n"
+        f"c = openai.OpenAI(base_url='{llm_server.openai_base_url}', api_key='x', max_retries=0)\n"
+        "c.chat.completions.create(model='gpt-4o-mini', messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "print(len(i.runtime.records()), sorted({m for _, m, _ in i._patched if m == 'call'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "[]"]  # the call was recorded; no DashScope method was patched
