@@ -28,11 +28,13 @@ from zoneinfo import ZoneInfo
 
 from .pricing import PriceCatalog, compute_cost
 from .pricing.compute import price_buckets, rates_for, split_tokens, thinking_mode
+from .reports import month_end_forecast
 from .usage import UsageRecord
 
 __all__ = ["CHEAPER_MODEL", "Forecast", "Insights", "Suggestion", "WhatIfRow", "compute_insights", "forecast"]
 
-ToReporting = Callable[[Decimal, str], Decimal]
+# Cost → reporting currency; ``None`` when no exchange rate is configured (kept out of every sum).
+ToReporting = Callable[[Decimal, str], Decimal | None]
 
 # The usual next-cheaper model of the same family; overridable per call (``cheaper=``).
 CHEAPER_MODEL: dict[str, str] = {
@@ -215,6 +217,8 @@ def _reduce_frequency(by_fn: dict[str, list[UsageRecord]], pricer: _Pricer, th: 
         if rate < th.busy_calls_per_minute or cv > th.uniform_cv:
             continue
         cost = sum((c for r in recs if (c := pricer.recorded(r)) is not None), Decimal(0))
+        if cost <= 0:
+            continue  # free, unpriced or unconvertible: halving the rate saves nothing we can show
         out.append(Suggestion(
             "reduce_frequency", function,
             f"{function}: {rate:.1f} calls/minute at a steady pace (gap CV {cv:.2f}) — batching or calling "
@@ -246,7 +250,10 @@ def _prompt_cache(by_model: dict[tuple[str, str], list[UsageRecord]], pricer: _P
             saving += share_d * uncached * (rates.input - rates.cached_input) / Decimal(1_000_000)
         if saving <= 0:
             continue
-        saving = pricer.to_reporting(saving, entry.currency)
+        converted = pricer.to_reporting(saving, entry.currency)
+        if converted is None:
+            continue  # no exchange rate for this model's currency: no comparable saving to show
+        saving = converted
         out.append(Suggestion(
             "prompt_cache", f"{provider}/{model}",
             f"{model}: only {cached / total_in:.0%} of input tokens hit the prompt cache — if "
@@ -275,7 +282,10 @@ def _tier_crossing(by_model: dict[tuple[str, str], list[UsageRecord]], pricer: _
             actual = compute_cost(entry, r.tokens, r.request_params)
             at_first = price_buckets(first, split_tokens(r.tokens), thinking=thinking_mode(r.tokens, r.request_params))
             extra += actual - at_first
-        extra = pricer.to_reporting(extra, entry.currency)
+        converted = pricer.to_reporting(extra, entry.currency)
+        if converted is None:
+            continue
+        extra = converted
         out.append(Suggestion(
             "tier_crossing", f"{provider}/{model}",
             f"{model}: {len(crossed)} calls had more than {boundary} input tokens and were billed at a higher "
@@ -305,20 +315,17 @@ def _local_day(ts: float, tz: ZoneInfo) -> date:
 
 
 def forecast(daily: dict[date, Decimal], today: date, *, budget: Decimal | None = None) -> Forecast:
-    """Month-end spend from the recent daily average and from a least-squares trend.
+    """Month-end spend from the recent daily average (the report's own forecast) and from a
+    least-squares trend, and the day a monthly budget runs out on the average projection.
 
     Both project *today through month end* (today's partial spend is replaced by the
     projection); ``month_to_date`` is the complete days before today.
     """
+    by_average = month_end_forecast(lambda d: daily.get(d, Decimal(0)), min(daily, default=None), today)
+    mtd: Decimal = by_average["month_to_date"]
+    avg: Decimal | None = by_average["daily_average"]
     days_in_month = calendar.monthrange(today.year, today.month)[1]
-    first = today.replace(day=1)
-    complete = [(first + timedelta(days=i)) for i in range(today.day - 1)]
-    mtd = sum((daily.get(d, Decimal(0)) for d in complete), Decimal(0))
-    last7 = [today - timedelta(days=i) for i in range(1, 8)]
-    seen = [d for d in last7 if d >= min(daily, default=today)]
-    avg = (sum((daily.get(d, Decimal(0)) for d in seen), Decimal(0)) / len(seen)) if seen else None
-    remaining = days_in_month - today.day + 1
-    by_avg = mtd + avg * remaining if avg is not None else None
+    complete = [today.replace(day=day) for day in range(1, today.day)]
     by_trend = slope = None
     if len(complete) >= 3:
         xs = [d.day for d in complete]
@@ -332,19 +339,22 @@ def forecast(daily: dict[date, Decimal], today: date, *, budget: Decimal | None 
         by_trend = mtd + sum((max(Decimal(0), intercept + slope * day)
                               for day in range(today.day, days_in_month + 1)), Decimal(0))
     exhausted = None
-    if budget is not None and avg is not None:
+    if budget is not None and mtd >= budget:  # already spent: the complete day that crossed it
+        running = Decimal(0)
+        for d in complete:
+            running += daily.get(d, Decimal(0))
+            if running >= budget:
+                exhausted = d.isoformat()
+                break
+    elif budget is not None and avg is not None:
         running = mtd
-        for i in range(remaining):
+        for i in range(by_average["days_left"]):
             running += avg
             if running >= budget:
                 exhausted = (today + timedelta(days=i)).isoformat()
                 break
-        if mtd >= budget:
-            exhausted = next((d.isoformat() for d in complete
-                              if sum((daily.get(x, Decimal(0)) for x in complete if x <= d), Decimal(0)) >= budget),
-                             None)
-    return Forecast(f"{today:%Y-%m}", mtd, daily.get(today, Decimal(0)), _q(avg), _q(by_avg), _q(by_trend), _q(slope),
-                    budget, exhausted)
+    return Forecast(f"{today:%Y-%m}", mtd, daily.get(today, Decimal(0)), _q(avg), _q(by_average["forecast"]),
+                    _q(by_trend), _q(slope), budget, exhausted)
 
 
 def _q(value: Decimal | None) -> Decimal | None:

@@ -49,6 +49,7 @@ __all__ = [
     "breakdown",
     "build_report",
     "day_start",
+    "month_end_forecast",
     "sparkline",
     "summarize",
 ]
@@ -225,13 +226,17 @@ class _Series:
         return t.cost if t is not None else Decimal(0)
 
 
-def _forecast(series: _Series, first_day: date | None, current_day: date) -> dict[str, Any]:
-    """Month-end forecast; see the module docstring for the formula."""
+def month_end_forecast(day_cost: Callable[[date], Decimal], first_day: date | None,
+                       current_day: date) -> dict[str, Any]:
+    """Month-end forecast from the recent daily average (module docstring has the formula).
+
+    Shared with :mod:`otel_llm_usage.insights`, which adds a trend fit and the budget-exhaustion day.
+    """
     month_start = current_day.replace(day=1)
     next_month = (month_start + timedelta(days=32)).replace(day=1)
     days_in_month = (next_month - month_start).days
     days_left = days_in_month - (current_day.day - 1)
-    mtd = sum((series.day_cost(d) for d in _days(month_start, current_day - timedelta(days=1))), Decimal(0))
+    mtd = sum((day_cost(d) for d in _days(month_start, current_day - timedelta(days=1))), Decimal(0))
     recent_first = current_day - timedelta(days=FORECAST_DAYS)
     if first_day is not None and first_day > recent_first:
         recent_first = first_day
@@ -242,7 +247,7 @@ def _forecast(series: _Series, first_day: date | None, current_day: date) -> dic
                               "average_days": len(recent), "daily_average": None, "forecast": None}
     if recent:
         # Nano-units, like budget counters: a division must not print 28 digits of noise.
-        avg = (sum((series.day_cost(d) for d in recent), Decimal(0)) / len(recent)).quantize(NANO)
+        avg = (sum((day_cost(d) for d in recent), Decimal(0)) / len(recent)).quantize(NANO)
         result.update(daily_average=avg, forecast=mtd + avg * days_left)
     return result
 
@@ -367,7 +372,7 @@ def build_report(
         "monthly": [_calendar(months[m], m) for m in sorted(months)],
         "trend": {"days": [d.isoformat() for d in trend_days], "cost": trend_values,
                   "sparkline": sparkline([float(v) for v in trend_values])},
-        "forecast": _forecast(series, first_day, current_day),
+        "forecast": month_end_forecast(series.day_cost, first_day, current_day),
         "day_over_day": _day_over_day(series, last_complete),
         "hourly_peak": _hourly_peak(period_records, convert, tz),
         "slow_calls": _slow(period_records, slow_seconds, top),

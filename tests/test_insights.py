@@ -147,3 +147,13 @@ def test_cli_rejects_bad_what_if(tmp_path):
                            "--what-if", "qwen-max"], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "FROM=TO" in proc.stderr
+
+
+def test_cost_in_a_currency_without_a_rate_is_left_out_not_a_crash(records):
+    from otel_llm_usage.reports import CostConverter
+
+    catalog = load_catalog(PricingSettings(currency="CNY"))  # no USD rate configured
+    ins = compute_insights(records, catalog, CostConverter("CNY"), currency="CNY", now=NOW)
+    # The CNY figures are exactly those of the fully converted run; the USD-priced calls are left out.
+    assert ins.total_cost == Decimal("0.0408") + 2 * Decimal("0.50")  # qwen-max (10 calls) + qwen-plus (2 calls)
+    assert {s.kind for s in ins.suggestions} == {"cheaper_model", "prompt_cache", "tier_crossing", "unpriced"}

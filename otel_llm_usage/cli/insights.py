@@ -56,7 +56,8 @@ def insights(
     from ..insights import compute_insights
     from ..insights_report import render_html
     from ..ledger import RecordQuery, open_ledger
-    from ..pricing import PricingStage, load_catalog
+    from ..pricing import load_catalog
+    from ..reports import CostConverter
 
     try:
         cfg = load_config(config, env={}) if config else load_config()
@@ -72,10 +73,12 @@ def insights(
     finally:
         records_store.close()
         counters.close()
-    stage = PricingStage(load_catalog(cfg.pricing), cfg.pricing)
+    catalog = load_catalog(cfg.pricing)
+    # Like `report`: a cost in a currency without a configured rate is left out, not a crash.
+    convert = CostConverter(cfg.pricing.currency, cfg.pricing.exchange_rates)
     budget = Decimal(monthly_budget) if monthly_budget else next(
         (b.limit.cost for b in cfg.budgets if b.window == "month" and b.per is None and b.limit.cost), None)
-    result = compute_insights(records, stage.catalog, stage.to_reporting, currency=cfg.pricing.currency,
+    result = compute_insights(records, catalog, convert, currency=cfg.pricing.currency,
                               now=time.time(), tz=tz, what_if=swaps, monthly_budget=budget)
     if output is not None:
         text = render_html(result) if output.suffix.lower() in (".html", ".htm") else \
