@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import time
 import urllib.request
-from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -23,6 +22,7 @@ from rich.table import Table
 from .attribution import track, usage_context
 from .config import Config
 from .pricing import PricingSettings
+from .reports import breakdown
 from .usage import UsageRecord
 
 __all__ = ["run_demo"]
@@ -116,27 +116,22 @@ def _money(value: Decimal) -> str:
 
 
 def _summary(records: list[UsageRecord], convert: Callable[[Decimal, str, str], Decimal], console: Console) -> None:
+    def into(currency: str) -> Callable[[Decimal, str], Decimal | None]:
+        def conv(amount: Decimal, from_ccy: str) -> Decimal | None:
+            try:
+                return convert(amount, from_ccy, currency)
+            except ValueError:
+                return None
+        return conv
+
     for key in ("model", "function", "user", "anchor"):
-        rows: dict[str, dict[str, Any]] = defaultdict(
-            lambda: {"calls": 0, "errors": 0, "input": 0, "output": 0, "cny": Decimal(0), "usd": Decimal(0),
-                     "unpriced": 0})
-        for rec in records:
-            row = rows[getattr(rec, key) or "unknown"]
-            row["calls"] += 1
-            row["errors"] += rec.status != "ok"
-            row["input"] += rec.tokens.input_tokens
-            row["output"] += rec.tokens.output_tokens
-            if rec.cost is not None and rec.currency:
-                row["cny"] += convert(rec.cost, rec.currency, "CNY")
-                row["usd"] += convert(rec.cost, rec.currency, "USD")
-            elif rec.status == "ok":
-                row["unpriced"] += 1
+        usd = dict(breakdown(records, key, into("USD")))
         table = Table(title=f"Cost by {key}", title_justify="left")
         for col in (key, "calls", "errors", "input tok", "output tok", "cost CNY", "cost USD"):
             table.add_column(col, justify="left" if col == key else "right", no_wrap=True)
-        for name, row in sorted(rows.items(), key=lambda kv: -kv[1]["cny"]):
-            table.add_row(name, str(row["calls"]), str(row["errors"]), str(row["input"]), str(row["output"]),
-                          _money(row["cny"]), _money(row["usd"]) + (" *" if row["unpriced"] else ""))
+        for name, t in breakdown(records, key, into("CNY")):
+            table.add_row(name, str(t.requests), str(t.errors + t.blocked), str(t.input_tokens), str(t.output_tokens),
+                          _money(t.cost), _money(usd[name].cost) + (" *" if t.unpriced_requests else ""))
         console.print(table)
 
 
@@ -209,7 +204,7 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
             console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
         if not ledger.startswith("memory://"):
             console.print(f"Records written to {ledger}: try `otel-llm-usage report --ledger {ledger}`.")
-        if any(r.cost is None and r.status == "ok" for r in records):
+        if any(r.cost is None for r in records):
             console.print("Costs marked * include calls to models without a known price (never counted as free).")
         if serve:
             console.print(f"Serving {metrics_url} until Ctrl-C …")

@@ -40,6 +40,7 @@ from .ledger.counters_memory import MemoryCounterStore
 from .ledger.writer import LedgerWriter
 from .pipeline import Pipeline
 from .pricing import PricingStage
+from .reports import CostConverter, breakdown
 from .telemetry import Telemetry
 from .usage import TokenUsage, UsageRecord
 
@@ -244,15 +245,9 @@ class Runtime:
         return self.store.query(query or RecordQuery())
 
     def usage_by_model(self) -> dict[str, dict[str, Any]]:
-        totals: dict[str, dict[str, Any]] = {}
-        for rec in self.records():
-            t = totals.setdefault(rec.model, {"requests": 0, "input_tokens": 0, "output_tokens": 0, "cost": {}})
-            t["requests"] += 1
-            t["input_tokens"] += rec.tokens.input_tokens
-            t["output_tokens"] += rec.tokens.output_tokens
-            if rec.cost is not None and rec.currency:
-                t["cost"][rec.currency] = str(Decimal(t["cost"].get(rec.currency, 0)) + rec.cost)
-        return totals
+        """Calls, tokens and cost (reporting currency) per model: the exit report's usage section."""
+        convert = CostConverter(self.config.pricing.currency, self.config.pricing.exchange_rates)
+        return {model: totals.as_dict() for model, totals in breakdown(self.records(), "model", convert)}
 
     def shutdown(self) -> None:
         """Stop patching, flush the ledger, close the stores. Idempotent."""
