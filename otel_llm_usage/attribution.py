@@ -19,7 +19,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from opentelemetry import baggage
@@ -179,7 +179,3 @@ def track(
     if func is not None:
         return decorate(func)
     return decorate
-
-
-def with_overrides(base: Attribution, **values: str | None) -> Attribution:
-    return replace(base, **{k: v for k, v in values.items() if v is not None})

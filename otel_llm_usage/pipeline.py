@@ -62,11 +62,13 @@ class Pipeline:
     def __init__(self, stages: list[Stage] | None = None) -> None:
         self.stages: list[Stage] = list(stages or [])
         self._pre_call_cache: tuple[int, int, list[PreCallStage]] | None = None
-        self.has_pre_call = bool(self._pre_call_stages())
 
     def add(self, stage: Stage) -> None:
         self.stages.append(stage)
-        self.has_pre_call = bool(self._pre_call_stages())
+
+    @property
+    def has_pre_call(self) -> bool:
+        return bool(self._pre_call_stages())
 
     def _pre_call_stages(self) -> list[PreCallStage]:
         """Stages that want to see calls before they are sent (budgets that can refuse).

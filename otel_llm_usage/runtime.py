@@ -60,19 +60,15 @@ class PricingStep:
 
     def __init__(self, stage: PricingStage) -> None:
         self.stage = stage
-        self._price = stage.process
 
-    def __call__(self, record: UsageRecord) -> None:
+    def process(self, record: UsageRecord) -> None:
         if record.priced:
             return
         record.priced = True
         try:
-            self._price(record)
+            self.stage.process(record)
         except Exception as exc:
             internal_error("pricing", exc)
-
-    def process(self, record: UsageRecord) -> None:
-        self(record)
 
 
 class _RestartAfterFork:
@@ -146,7 +142,7 @@ class Runtime:
             self.telemetry.labels,
             capture_content=config.capture_content,
             stream_include_usage=config.stream_include_usage,
-            pricer=self.pricer,
+            pricer=self.pricer.process,
         )
         _runtimes.add(self)
 

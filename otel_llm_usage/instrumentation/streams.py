@@ -103,13 +103,7 @@ class StreamProxy(_StreamBase):
             except BaseException as exc:
                 inv.fail(exc)
                 raise
-            if inv.first_chunk_at is None:
-                inv.on_first_chunk()
-            try:
-                if inv.adapter.on_chunk(inv, chunk):
-                    return chunk
-            except Exception as exc:  # a chunk we cannot read is still the caller's chunk
-                internal_error("stream_chunk", exc)
+            if _on_chunk(inv, chunk):
                 return chunk
 
     def close(self) -> Any:

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigError
 from .base import NANOS, Amount, CounterStore, Limit, RecordQuery, RecordStore, from_nanos, to_nanos
 from .counters_memory import MemoryCounterStore
-from .memory import MemoryLedger, MemoryRecordStore
+from .memory import MemoryRecordStore
 from .resilient import FailOpenCounterStore
 from .sqlite import SqliteCounterStore, SqliteDatabase, SqliteRecordStore, default_sqlite_path
 from .writer import LedgerWriter
@@ -37,7 +37,6 @@ __all__ = [
     "LedgerWriter",
     "Limit",
     "MemoryCounterStore",
-    "MemoryLedger",
     "MemoryRecordStore",
     "RecordQuery",
     "RecordStore",

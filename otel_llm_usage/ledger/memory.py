@@ -20,7 +20,7 @@ from ..usage import UsageRecord
 from ._records import deletion, matches, public_params, select
 from .base import RecordQuery
 
-__all__ = ["MemoryLedger", "MemoryRecordStore"]
+__all__ = ["MemoryRecordStore"]
 
 
 def _storable(rec: UsageRecord) -> UsageRecord:
@@ -76,7 +76,3 @@ class MemoryRecordStore:
 
     def close(self) -> None:
         pass
-
-
-# The name the runtime used before the RecordStore interface existed.
-MemoryLedger = MemoryRecordStore
