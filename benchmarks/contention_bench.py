@@ -38,7 +38,7 @@ def _engine(ledger: str) -> tuple[Any, Any]:
     config = Config.model_validate({"budgets": [bench_budget().model_dump()], "ledger": ledger,
                                     "pricing": {"exchange_rates": {"USD": "7.1"}}})
     runtime = Runtime(config, TracerProvider(), MeterProvider())
-    engine = next((s for s in runtime.pipeline.stages if hasattr(s, "before_call")), None)
+    engine = next((s for s in runtime.pipeline.all_stages if hasattr(s, "before_call")), None)
     if engine is None:
         raise RuntimeError("no pre-call (budget) stage in the runtime pipeline")
     return runtime, engine

@@ -106,7 +106,7 @@ def run(calls: int) -> dict[str, Any]:
         "tracemalloc": traced,
         "distinct_user_label_values": _distinct_user_labels(reader),
         "max_label_values": config.attribution.max_label_values,
-        "pipeline": ", ".join(type(s).__name__ for s in runtime.pipeline.stages) if runtime else "",
+        "pipeline": ", ".join(type(s).__name__ for s in runtime.pipeline.all_stages) if runtime else "",
     }
     instrumentor.uninstrument()
     meter_provider.shutdown()

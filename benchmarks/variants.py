@@ -136,7 +136,7 @@ def ours_config(name: str, redis_url: str | None, tmpdir: str) -> Any:
 
 def describe_wiring(runtime: Any) -> str:
     """What the live pipeline actually holds, so a config key that is not wired yet shows in the report."""
-    stages = getattr(getattr(runtime, "pipeline", None), "stages", [])
+    stages = getattr(getattr(runtime, "pipeline", None), "all_stages", [])
     return ", ".join(type(s).__name__ for s in stages)
 
 

@@ -60,6 +60,20 @@ def record_usage(
     return record
 
 
+def flush(timeout_s: float = 5.0) -> bool:
+    """Finish the work queued for calls made so far: budget settlement and events, metric values,
+    ledger writes. ``False`` if it did not finish within ``timeout_s``.
+
+    Calls return before that work is done (it runs on a background thread); readers such as
+    :func:`get_budget_status` and metric collection catch up by themselves, so this is for code
+    that needs budget callbacks or ledger rows *now*. Exporting stays with the OpenTelemetry
+    providers (their ``force_flush``)."""
+    from .runtime import active_runtime
+
+    runtime = active_runtime(create=False)
+    return runtime.flush_ledger(timeout_s) if runtime is not None else True
+
+
 def get_budget_status() -> list[dict[str, object]]:
     """Every budget instance with used / limit / utilization (empty until budgets are configured)."""
     from .runtime import active_runtime
@@ -117,6 +131,7 @@ __all__ = [
     "__version__",
     "budget_bypass",
     "current_attribution",
+    "flush",
     "get_budget_status",
     "record_usage",
     "register_budget_callback",

@@ -3,8 +3,17 @@
 
 Each stage sees every :class:`~otel_llm_usage.usage.UsageRecord` once, in
 order, and runs guarded: a failing stage is logged and counted and the next
-stage still runs. Pricing and the in-memory budget update are synchronous
-(the next call must see them); a ledger stage queues and writes off-thread.
+stage still runs.
+
+Two lists of stages. ``stages`` run on the calling thread (pricing: the span
+the caller's call ends carries the cost). ``deferred`` stages (budget
+settlement, metrics, the ledger) run afterwards on one worker thread, so a
+call returns to the host as soon as its span has ended. Nothing reads stale
+state because of it: every reader drains the queue first (:meth:`Pipeline.drain`
+is called by metric collection, budget status and refusals, ledger queries and
+flushes), a budget refusal is decided only after everything queued is settled,
+and the reservations stay in flight until their record is settled, so the
+overshoot bound of :mod:`otel_llm_usage.budgets.engine` is unchanged.
 
 Budgets also get a say *before* a call (:meth:`Pipeline.before_call`): they
 may raise :class:`~otel_llm_usage.errors.BudgetExceeded` or return a cheaper
@@ -13,6 +22,11 @@ model to use instead.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -58,10 +72,126 @@ class PreCallStage(Protocol):
         ...
 
 
+_BATCH_DELAY_S = 0.01
+
+
+def _run_stages(stages: list[Stage], record: UsageRecord) -> None:
+    for stage in stages:
+        try:
+            stage.process(record)
+        except Exception as exc:  # one broken stage must not stop the others
+            internal_error(f"stage:{type(stage).__name__}", exc)
+
+
+class _Deferred:
+    """The deferred stages, their queue and worker. Holds no reference to the ``Pipeline``,
+    so the worker thread does not keep a discarded pipeline alive (see ``weakref.finalize``)."""
+
+    def __init__(self, stages: list[Stage], idle_wait: float) -> None:
+        self.stages = stages
+        self.idle_wait = idle_wait
+        self.pending: deque[UsageRecord] = deque()
+        # Re-entrant: a budget callback run by a deferred stage may read budget status, which drains.
+        self.lock = threading.RLock()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.stopped = threading.Event()
+
+    def submit(self, record: UsageRecord) -> None:
+        if self.stopped.is_set():
+            _run_stages(self.stages, record)
+            return
+        self.pending.append(record)
+        # Lock-free unless the worker is idle. No wake-up is lost: the worker clears the flag
+        # *before* draining, so a record appended before this check is drained either way.
+        if not self.wake.is_set():
+            if self.thread is None:
+                self.start()
+            self.wake.set()
+
+    def start(self) -> None:
+        with self.lock:
+            if self.thread is None and not self.stopped.is_set():
+                self.thread = threading.Thread(target=self.run, name="otel-llm-usage-pipeline", daemon=True)
+                self.thread.start()
+
+    def run(self) -> None:
+        stopped = self.stopped
+        while not stopped.is_set():
+            if self.wake.wait(self.idle_wait):
+                # Let records gather for a moment: one wake-up (and one GIL hand-over) per batch
+                # rather than per call. The flag stays set meanwhile, so producers skip set().
+                stopped.wait(_BATCH_DELAY_S)
+            self.wake.clear()
+            self.drain()
+
+    def drain(self, timeout: float = -1) -> bool:
+        """Process every queued record on this thread, after any drain in progress elsewhere.
+        ``False`` only when ``timeout`` passed before the lock was free."""
+        if not self.lock.acquire(timeout=timeout):
+            return False
+        try:
+            pending = self.pending
+            while pending:
+                _run_stages(self.stages, pending.popleft())
+            return True
+        finally:
+            self.lock.release()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        self.stopped.set()
+        self.wake.set()
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.drain(-1 if timeout is None else timeout)
+
+    def after_fork_in_child(self) -> None:
+        """The queued records are the parent's to process; the worker starts with the next record."""
+        self.pending.clear()
+        self.lock = threading.RLock()
+        self.wake = threading.Event()
+        self.thread = None
+
+
+_deferred_states: weakref.WeakSet[_Deferred] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for state in list(_deferred_states):
+        state.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _stop_deferred(state: _Deferred) -> None:
+    try:
+        state.stop()
+    except Exception as exc:  # runs at exit or from the garbage collector; nothing may escape
+        internal_error("pipeline.stop", exc)
+
+
 class Pipeline:
-    def __init__(self, stages: list[Stage] | None = None) -> None:
+    def __init__(self, stages: list[Stage] | None = None, deferred: list[Stage] | None = None, *,
+                 clock: Callable[[], float] = time.time, idle_wait: float = 1.0) -> None:
         self.stages: list[Stage] = list(stages or [])
+        self._clock = clock
+        self._deferred = state = _Deferred(list(deferred or []), idle_wait)
+        _deferred_states.add(state)
+        # At interpreter exit (newest first: before the ledger writer created earlier flushes)
+        # or when the pipeline is collected, the queue is drained and the worker stopped.
+        self._finalizer = weakref.finalize(self, _stop_deferred, state)
         self._pre_call_cache: tuple[int, int, list[PreCallStage]] | None = None
+
+    @property
+    def deferred(self) -> list[Stage]:
+        return self._deferred.stages
+
+    @property
+    def all_stages(self) -> list[Stage]:
+        return [*self.stages, *self._deferred.stages]
 
     def add(self, stage: Stage) -> None:
         self.stages.append(stage)
@@ -77,10 +207,10 @@ class Pipeline:
         and would cost microseconds per stage on every call. The key notices the list
         being replaced or grown from outside (the fork hook, tests).
         """
-        key = (id(self.stages), len(self.stages))
+        key = (id(self.stages), len(self.stages) + len(self._deferred.stages))
         cache = self._pre_call_cache
         if cache is None or cache[:2] != key:
-            found: list[PreCallStage] = [s for s in self.stages
+            found: list[PreCallStage] = [s for s in self.all_stages
                                          if isinstance(s, PreCallStage) and getattr(s, "wants_pre_call", True)]
             cache = (key[0], key[1], found)
             self._pre_call_cache = cache
@@ -99,14 +229,28 @@ class Pipeline:
         return new_model
 
     def submit(self, record: UsageRecord) -> None:
-        for stage in self.stages:
-            try:
-                stage.process(record)
-            except Exception as exc:  # one broken stage must not stop the others
-                internal_error(f"stage:{type(stage).__name__}", exc)
+        record.submitted_at = self._clock()
+        _run_stages(self.stages, record)
+        if self._deferred.stages:
+            self._deferred.submit(record)
+
+    def drain(self, timeout: float = -1) -> bool:
+        """Run the deferred stages for everything submitted so far, on this thread.
+
+        Waits for a drain in progress on another thread first, so on return every record
+        submitted before the call has been through every stage. ``False`` if ``timeout``
+        (seconds) passed first; callers that must not block indefinitely (signal paths) set one."""
+        return self._deferred.drain(timeout)
+
+    @property
+    def pending(self) -> int:
+        """Records whose deferred stages have not run yet."""
+        return len(self._deferred.pending)
 
     def shutdown(self) -> None:
-        for stage in self.stages:
+        self._finalizer.detach()
+        _stop_deferred(self._deferred)
+        for stage in self.all_stages:
             close = getattr(stage, "close", None)
             if close is not None:
                 try:

@@ -132,8 +132,12 @@ class Runtime:
         self.budgets.start(config.budget_check_interval)
         self._meter_provider = meter_provider
         self._tracer_provider = tracer_provider
-        stages: list[Any] = [self.pricer, self.budgets, TelemetryStage(self.telemetry), self.ledger]
-        self.pipeline = Pipeline(stages)
+        # Only pricing runs on the calling thread (the span carries the cost); settlement, metrics
+        # and the ledger follow on the pipeline's worker, and every reader drains it first.
+        self.pipeline = Pipeline([self.pricer], deferred=[self.budgets, TelemetryStage(self.telemetry), self.ledger],
+                                 clock=clock)
+        self.telemetry.before_collect = self.pipeline.drain
+        self.budgets.settle_pending = self.pipeline.drain
         tracer = get_tracer("otel_llm_usage", __version__, tracer_provider,
                             schema_url="https://opentelemetry.io/schemas/1.37.0")
         self.handler = CallHandler(
@@ -180,6 +184,7 @@ class Runtime:
         return compute_cost(entry, tokens, record.request_params), entry.currency or stage.settings.currency
 
     def budget_status(self) -> list[dict[str, Any]]:
+        self.pipeline.drain()
         return self.budgets.status()
 
     def _emergency_exit(self, budget: BudgetConfig, event: BudgetEvent) -> None:
@@ -204,16 +209,16 @@ class Runtime:
         logging.shutdown()
         os._exit(budget.exit_code)
 
-    def flush(self, timeout_s: float = 5.0) -> None:
-        """Write queued ledger records, then export metrics and spans, each within ``timeout_s``.
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Settle and write every record so far, then export metrics and spans, each within ``timeout_s``.
 
-        For exits that skip ``atexit`` (``action: exit``, SIGTERM); never raises."""
-        ledger_flush = getattr(self.ledger, "flush", None)
-        if ledger_flush is not None:
-            try:
-                ledger_flush(timeout=timeout_s)
-            except Exception as exc:
-                internal_error("ledger.flush", exc)
+        For exits that skip ``atexit`` (``action: exit``, SIGTERM) and :func:`otel_llm_usage.flush`;
+        never raises. ``False`` if the records were not all written in time."""
+        written = False
+        try:
+            written = self.flush_ledger(timeout_s)
+        except Exception as exc:
+            internal_error("ledger.flush", exc)
         providers = (self._meter_provider or metrics.get_meter_provider(),
                      self._tracer_provider or trace.get_tracer_provider())
         for provider in providers:
@@ -221,6 +226,15 @@ class Runtime:
             if flush is not None:
                 with contextlib.suppress(Exception):
                     flush(int(timeout_s * 1000))
+        return written
+
+    def flush_ledger(self, timeout_s: float | None = None) -> bool:
+        """Write every record submitted so far (settling budgets and metrics on the way);
+        ``False`` if that did not finish within ``timeout_s``."""
+        if not self.pipeline.drain(-1 if timeout_s is None else timeout_s):
+            return False
+        flush = getattr(self.ledger, "flush", None)
+        return bool(flush(timeout=timeout_s)) if flush is not None else True
 
     def _after_fork_in_child(self) -> None:
         """Only the forking thread exists in the child: re-create what the parent's background
@@ -235,9 +249,7 @@ class Runtime:
 
     def records(self, query: RecordQuery | None = None) -> list[UsageRecord]:
         """Ledger records, after everything queued so far is written."""
-        flush = getattr(self.ledger, "flush", None)
-        if flush is not None:
-            flush(timeout=30)
+        self.flush_ledger(30)
         return self.store.query(query or RecordQuery())
 
     def usage_by_model(self) -> dict[str, dict[str, Any]]:

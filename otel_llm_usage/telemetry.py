@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter_provider
 
 from . import _names as N
-from ._guard import set_error_sink
+from ._guard import internal_error, set_error_sink
 from .config import AttributionSettings
 from .usage import UsageRecord, billable_breakdown
 
@@ -141,12 +142,15 @@ class Telemetry:
             description="Time from request start to the first streamed chunk.",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
+        # Records recorded off the calling thread (see pipeline.py) are drained into the instruments
+        # before a reader collects them, so a scrape right after a call sees that call.
+        self.before_collect: Callable[[], object] | None = None
         self.requests, self.tokens, self.cost = _Sums(), _Sums(), _Sums()
-        meter.create_observable_counter(N.METRIC_REQUESTS, [self.requests.observe],
+        meter.create_observable_counter(N.METRIC_REQUESTS, [self._observer(self.requests)],
                                         description="LLM calls, by outcome.")
-        meter.create_observable_counter(N.METRIC_TOKENS, [self.tokens.observe], unit="{token}",
+        meter.create_observable_counter(N.METRIC_TOKENS, [self._observer(self.tokens)], unit="{token}",
                                         description="Tokens by type; the types are disjoint and sum to the total.")
-        meter.create_observable_counter(N.METRIC_COST, [self.cost.observe],
+        meter.create_observable_counter(N.METRIC_COST, [self._observer(self.cost)],
                                         description="Cost of LLM calls in the model's billing currency.")
         self.unpriced = meter.create_counter(N.METRIC_UNPRICED, description="Calls whose model has no known price.")
         self.budget_events = meter.create_counter(N.METRIC_BUDGET_EVENTS, description="Budget threshold events.")
@@ -156,6 +160,18 @@ class Telemetry:
         self.meter = meter
         self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         set_error_sink(lambda kind: self.internal_errors.add(1, {"kind": kind}))
+
+    def _observer(self, sums: _Sums) -> Callable[[CallbackOptions], list[Observation]]:
+        def observe(options: CallbackOptions) -> list[Observation]:
+            drain = self.before_collect
+            if drain is not None:
+                try:
+                    drain()
+                except Exception as exc:
+                    internal_error("telemetry.before_collect", exc)
+            return sums.observe(options)
+
+        return observe
 
     def _base_labels(self, record: UsageRecord) -> dict[str, Any]:
         lp = self.labels

@@ -11,7 +11,7 @@ Token accounting convention (the one OpenAI and DashScope report):
 from __future__ import annotations
 
 import math
-import os
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -206,7 +206,9 @@ def count_text(text: str) -> tuple[int, int]:
 def new_record_id() -> str:
     """32 hex chars, time-ordered like a UUIDv7: ledgers append in key order instead of scattering
     inserts across their primary-key index (random ids halve SQLite's ingest rate)."""
-    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
+    # ``random`` rather than ``os.urandom``: no system call per record, and Python reseeds it in a
+    # forked child, so two processes do not produce the same sequence. Ids need uniqueness, not secrecy.
+    return f"{time.time_ns() // 1000:014x}{random.getrandbits(72):018x}"
 
 
 @dataclass(slots=True)
@@ -241,6 +243,9 @@ class UsageRecord:
     priced: bool = False  # set once pricing ran, so a record is never priced twice
     # Budget reservations taken before the call, settled by the budget stage; never persisted.
     reservations: list[Any] = field(default_factory=list, repr=False, compare=False)
+    # When the record entered the pipeline, on the budget clock: settlement runs later, off the
+    # calling thread, but charges the window the call ended in. Never persisted.
+    submitted_at: float | None = field(default=None, repr=False, compare=False)
     # Request facts pricing may need (e.g. enable_thinking, region) — never content.
     request_params: dict[str, Any] = field(default_factory=dict)
 

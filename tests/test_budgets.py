@@ -21,7 +21,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from otel_llm_usage import BudgetExceeded, get_budget_status, usage_context
+from otel_llm_usage import BudgetExceeded, flush, get_budget_status, usage_context
 from otel_llm_usage.budgets.engine import budget_bypass
 from otel_llm_usage.config import Config
 
@@ -105,10 +105,12 @@ def test_warn_thresholds_fire_once_per_window(budgeted):
     budgeted.instrumentor.runtime.budgets.callbacks.append(events.append)
     for _ in range(8):  # 72 tokens: crosses 20 % on call 3 and 50 % on call 6
         call(budgeted.server)
+    assert flush()  # events fire as calls are settled, off the calling thread
     assert [(e.level, e.threshold) for e in events] == [("warn", 0.2), ("warn", 0.5)]
     assert budgeted.value("llm_budget_events_total", level="warn") == 2
     for _ in range(4):  # 108 tokens: exceeded once, alert-only so nothing is refused
         call(budgeted.server)
+    assert flush()
     assert [e.level for e in events] == ["warn", "warn", "exceeded"]
     assert len(budgeted.server.requests) == 12
 

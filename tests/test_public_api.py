@@ -7,7 +7,8 @@ import otel_llm_usage
 
 EXPECTED = [
     "Attribution", "BudgetEvent", "BudgetExceeded", "ConfigError", "LLMUsageInstrumentor", "OtelLLMUsageError",
-    "TokenUsage", "UsageRecord", "__version__", "budget_bypass", "current_attribution", "get_budget_status",
+    "TokenUsage", "UsageRecord", "__version__", "budget_bypass", "current_attribution", "flush",
+    "get_budget_status",
     "record_usage", "register_budget_callback", "start_model", "stop_model", "track", "usage_context",
 ]
 

@@ -115,8 +115,12 @@ class BudgetEngine:
         self._unconvertible: set[str] = set()
         self._windows: dict[tuple[str, str], Window] = {}
         self._limits: dict[str, Limit] = {}
+        self._key_cache: dict[tuple[str, str, str, str], tuple[list[str], str, str]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Settles records whose settlement is still queued (the pipeline's deferred stages): a
+        # refusal or a status read happens only after it, so neither sees stale usage.
+        self.settle_pending: Callable[[], object] | None = None
 
     @property
     def wants_pre_call(self) -> bool:
@@ -153,8 +157,16 @@ class BudgetEngine:
         return window
 
     def _keys(self, budget: BudgetConfig, scope: str, window: Window) -> tuple[list[str], str, str]:
-        base = f"{budget.name}|{scope}"
-        return [f"{base}|{b}" for b in window.bucket_ids], f"{base}|{window.current_bucket}", f"{base}|inflight"
+        cache_key = (budget.name, scope, window.id, window.current_bucket)
+        keys = self._key_cache.get(cache_key)
+        if keys is None:  # built once per budget instance and window, not on every call
+            base = f"{budget.name}|{scope}"
+            keys = ([f"{base}|{b}" for b in window.bucket_ids], f"{base}|{window.current_bucket}",
+                    f"{base}|inflight")
+            if len(self._key_cache) >= 10_000:
+                self._key_cache.clear()
+            self._key_cache[cache_key] = keys
+        return keys
 
     def _limit(self, budget: BudgetConfig) -> Limit:
         limit = self._limits.get(budget.name)
@@ -191,6 +203,11 @@ class BudgetEngine:
             used_keys, bucket, inflight_key = self._keys(budget, scope, window)
             admitted, used, inflight = self.store.try_reserve(used_keys, inflight_key, reservation,
                                                               self._limit(budget), window.ttl_s)
+            if not admitted and self.settle_pending is not None:
+                # Finished calls may still hold reservations larger than their usage.
+                self.settle_pending()
+                admitted, used, inflight = self.store.try_reserve(used_keys, inflight_key, reservation,
+                                                                  self._limit(budget), window.ttl_s)
             if admitted:
                 record.reservations.append(_Reservation(budget, scope, bucket, inflight_key, reservation,
                                                         window.ttl_s))
@@ -227,7 +244,7 @@ class BudgetEngine:
         actual = self._actual(record)
         reserved = {(r.budget.name, r.scope): r for r in record.reservations}
         record.reservations.clear()
-        now = self._clock()
+        now = record.submitted_at if record.submitted_at is not None else self._clock()
         for budget in self.budgets:
             held = None
             if not self.matches(budget, record):
@@ -362,6 +379,8 @@ class BudgetEngine:
     def refresh(self) -> None:
         """Re-read every known instance (window roll-over, rolling decay, other processes' usage)."""
         try:
+            if self.settle_pending is not None:
+                self.settle_pending()
             self._gauge_cache = self.status()
         except Exception as exc:
             internal_error("budget_refresh", exc)

@@ -151,8 +151,7 @@ class UsageAPI:
                                input_tokens=total if total is not None else inp or 0, output_tokens=out or 0,
                                function=body.get("function"), user=body.get("user"), session=body.get("session"),
                                anchor=body.get("anchor"))
-            flush = getattr(self.runtime.ledger, "flush", None)
-            if flush is not None and not flush(timeout=30):
+            if not self.runtime.flush_ledger(30):
                 raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the ledger did not accept the record in time")
         return {"recorded": record_json(rec, self.convert)}
 

@@ -29,9 +29,15 @@ class CounterView(Protocol):
         ...
 
 
+def _used(view: CounterView, used_keys: Sequence[str]) -> Amount:
+    if len(used_keys) == 1:  # calendar windows: one bucket (this runs before every budgeted call)
+        return view.get(used_keys[0])
+    return sum((view.get(k) for k in used_keys), Amount())
+
+
 def reserve(view: CounterView, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
             ttl_s: int | None) -> tuple[bool, Amount, Amount]:
-    used = sum((view.get(k) for k in used_keys), Amount())
+    used = _used(view, used_keys)
     inflight = view.get(inflight_key)
     if limit.exhausted_by(used + inflight):
         return False, used, inflight
@@ -51,4 +57,4 @@ def add(view: CounterView, bucket_key: str, actual: Amount, ttl_s: int | None) -
 
 
 def read(view: CounterView, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
-    return sum((view.get(k) for k in used_keys), Amount()), view.get(inflight_key)
+    return _used(view, used_keys), view.get(inflight_key)

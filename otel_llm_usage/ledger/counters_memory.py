@@ -16,6 +16,8 @@ from .base import Amount, Limit
 
 __all__ = ["MemoryCounterStore"]
 
+_ZERO = Amount()  # immutable, so one instance serves every absent key
+
 
 class _View:
     """Dict storage with expiry; ``put`` with ``ttl_s=None`` keeps a key's current expiry."""
@@ -30,7 +32,7 @@ class _View:
         if exp is not None and exp <= self.clock():
             self.values.pop(key, None)
             self.expiry.pop(key, None)
-        return self.values.get(key, Amount())
+        return self.values.get(key, _ZERO)
 
     def put(self, key: str, value: Amount, ttl_s: int | None) -> None:
         self.values[key] = value

@@ -93,14 +93,14 @@ def fork() -> None:
             call(c)
         runtime = LLMUsageInstrumentor().runtime
         assert runtime is not None
-        runtime.ledger.flush(timeout=10)
+        runtime.flush_ledger(10)
         report(role="child", written=runtime.ledger.written, errors=internal_error_counts(), **state())
         sys.exit(0)  # a normal exit: the inherited atexit hooks run in the child
     _, status = os.waitpid(pid, 0)
     call(c)
     runtime = LLMUsageInstrumentor().runtime
     assert runtime is not None
-    runtime.ledger.flush(timeout=10)
+    runtime.flush_ledger(10)
     report(role="parent", child_status=status, written=runtime.ledger.written, errors=internal_error_counts(),
            **state())
 
