@@ -73,6 +73,7 @@ class PreCallStage(Protocol):
 
 
 _BATCH_DELAY_S = 0.01
+_MAX_PENDING = 1000
 
 
 def _run_stages(stages: list[Stage], record: UsageRecord) -> None:
@@ -102,6 +103,11 @@ class _Deferred:
             _run_stages(self.stages, record)
             return
         self.pending.append(record)
+        if len(self.pending) > _MAX_PENDING:
+            # Back-pressure: a producer outpacing the worker does its own share, so the queue (and
+            # the work a metric collection may have to drain) stays bounded and nothing is dropped.
+            self.drain()
+            return
         # Lock-free unless the worker is idle. No wake-up is lost: the worker clears the flag
         # *before* draining, so a record appended before this check is drained either way.
         if not self.wake.is_set():

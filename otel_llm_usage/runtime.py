@@ -37,6 +37,7 @@ from .config import Config, load_config
 from .instrumentation.lifecycle import CallHandler
 from .ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger, purge_older_than
 from .ledger.counters_memory import MemoryCounterStore
+from .ledger.sqlite import SqliteCounterStore
 from .ledger.writer import LedgerWriter
 from .pipeline import Pipeline
 from .pricing import PricingStage
@@ -134,8 +135,15 @@ class Runtime:
         self._tracer_provider = tracer_provider
         # Only pricing runs on the calling thread (the span carries the cost); settlement, metrics
         # and the ledger follow on the pipeline's worker, and every reader drains it first.
-        self.pipeline = Pipeline([self.pricer], deferred=[self.budgets, TelemetryStage(self.telemetry), self.ledger],
-                                 clock=clock)
+        # SQLite settles on the calling thread: its counters sit behind one process-wide lock, and
+        # a worker settling there would make the next call's reservation queue behind it (measured:
+        # slower than settling inline). In memory and on Redis, settlement is deferred.
+        settle_inline = isinstance(getattr(self.counters, "primary", self.counters), SqliteCounterStore)
+        inline: list[Any] = [self.pricer, self.budgets] if settle_inline else [self.pricer]
+        deferred: list[Any] = [TelemetryStage(self.telemetry), self.ledger]
+        if not settle_inline:
+            deferred.insert(0, self.budgets)
+        self.pipeline = Pipeline(inline, deferred=deferred, clock=clock)
         self.telemetry.before_collect = self.pipeline.drain
         self.budgets.settle_pending = self.pipeline.drain
         tracer = get_tracer("otel_llm_usage", __version__, tracer_provider,

@@ -84,6 +84,25 @@ def test_a_broken_deferred_stage_does_not_stop_the_next() -> None:
         pipeline.shutdown()
 
 
+def test_a_producer_outpacing_the_worker_is_held_back_not_dropped() -> None:
+    gate = threading.Event()
+    slow = Seen(gate)
+    pipeline = Pipeline([], deferred=[slow])
+    try:
+        pipeline.submit(record())
+        while pipeline.pending:  # the worker took it and is now stuck in the stage
+            threading.Event().wait(0.01)
+        threading.Timer(0.5, gate.set).start()  # the producer's own drain waits for the worker
+        for i in range(5000):
+            pipeline.submit(record(i))
+            assert pipeline.pending <= 1001
+        assert pipeline.drain(10)
+        assert len(slow.records) == 5001
+    finally:
+        gate.set()
+        pipeline.shutdown()
+
+
 def test_after_shutdown_submit_runs_every_stage_at_once() -> None:
     seen = Seen()
     pipeline = Pipeline([], deferred=[seen])
