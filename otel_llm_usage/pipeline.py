@@ -6,7 +6,8 @@ order, and runs guarded: a failing stage is logged and counted and the next
 stage still runs.
 
 Two lists of stages. ``stages`` run on the calling thread (pricing: the span
-the caller's call ends carries the cost). ``deferred`` stages (budget
+the caller's call ends carries the cost; budget settlement too when its
+counters are in SQLite, see ``Runtime``). ``deferred`` stages (budget
 settlement, metrics, the ledger) run afterwards on one worker thread, so a
 call returns to the host as soon as its span has ended. Nothing reads stale
 state because of it: every reader drains the queue first (:meth:`Pipeline.drain`
