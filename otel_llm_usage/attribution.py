@@ -61,7 +61,8 @@ def _from_baggage() -> Attribution:
 def current_attribution(explicit: Attribution | None = None) -> Attribution:
     """Resolve the attribution for a call happening now."""
     ctx = _current.get()
-    resolved = ctx.merged_over(_from_baggage())
+    from_baggage = _from_baggage()
+    resolved = ctx if from_baggage is _EMPTY else ctx.merged_over(from_baggage)
     return explicit.merged_over(resolved) if explicit is not None else resolved
 
 

@@ -123,6 +123,7 @@ class Runtime:
             currency=config.pricing.currency,
             to_reporting=self.pricer.stage.to_reporting,
             estimate_cost=self._estimate_cost,
+            flat_rates=self._flat_rates,
             on_event=lambda e: self.telemetry.budget_event(e.budget, e.scope, e.level),
             on_exit=self._emergency_exit,
             clock=clock,
@@ -190,6 +191,17 @@ class Runtime:
         if entry is None or not entry.is_priced:
             return None
         return compute_cost(entry, tokens, record.request_params), entry.currency or stage.settings.currency
+
+    def _flat_rates(self, record: UsageRecord) -> tuple[Decimal, Decimal, str] | None:
+        """Per-1M (input, output) prices and currency when the call's price is flat; zero if unpriced."""
+        from .pricing.compute import ZERO, flat_rates
+
+        stage = self.pricer.stage
+        entry = stage.catalog.lookup(record.provider, record.model, record.server_address)
+        if entry is None or not entry.is_priced:
+            return ZERO, ZERO, stage.settings.currency  # what _estimate_cost's None amounts to
+        rates = flat_rates(entry)
+        return None if rates is None else (*rates, entry.currency or stage.settings.currency)
 
     def budget_status(self) -> list[dict[str, Any]]:
         self.pipeline.drain()

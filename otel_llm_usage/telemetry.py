@@ -27,6 +27,7 @@ __all__ = ["LabelPolicy", "Telemetry", "put_present", "semconv_attributes"]
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 _ATTR_CACHE_MAX = 20_000
+_LABEL_CACHE_MAX = 4096  # its entries are the largest; high-cardinality users mostly fold into overflow
 
 
 def put_present(attrs: dict[str, Any], pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
@@ -159,6 +160,8 @@ class Telemetry:
         )
         self.meter = meter
         self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._label_cache: dict[tuple[Any, ...], tuple[dict[str, Any], tuple[Any, ...]]] = {}
+        self._semconv_cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
         set_error_sink(lambda kind: self.internal_errors.add(1, {"kind": kind}))
 
     def _observer(self, sums: _Sums) -> Callable[[CallbackOptions], list[Observation]]:
@@ -185,6 +188,19 @@ class Telemetry:
         }
         return {k: lp.value(k, v) for k, v in raw.items() if k in lp.enabled}
 
+    def _labels_of(self, record: UsageRecord) -> tuple[dict[str, Any], tuple[Any, ...]]:
+        """Base labels and their key, remembered per raw attribution: a raw value's label never
+        changes once the cap has decided it (admitted values stay admitted, overflow stays overflow)."""
+        raw = (record.provider, record.model, record.function, record.user, record.session, record.anchor)
+        hit = self._label_cache.get(raw)
+        if hit is None:
+            base = self._base_labels(record)
+            hit = (base, tuple(base.values()))
+            if len(self._label_cache) >= _LABEL_CACHE_MAX:
+                self._label_cache.clear()
+            self._label_cache[raw] = hit
+        return hit
+
     def _cached(self, key: tuple[Any, ...], build: Any) -> dict[str, Any]:
         # Reusing attribute dicts avoids per-call dict churn on the hot path.
         attrs = self._attr_cache.get(key)
@@ -196,8 +212,7 @@ class Telemetry:
         return attrs
 
     def record(self, record: UsageRecord) -> None:
-        base = self._base_labels(record)
-        base_key = tuple(base.values())
+        base, base_key = self._labels_of(record)
         key = ("req", *base_key, record.status, record.error_type)
         self.requests.add(key, self._cached(
             key, lambda: {**base, "status": record.status, "error_type": record.error_type or "none"}), 1)
@@ -213,19 +228,33 @@ class Telemetry:
             self.unpriced.add(1, {"provider": record.provider, "model": self.labels.value("model", record.model)})
         self._record_semconv(record)
 
+    def _semconv_sets(self, record: UsageRecord) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The histograms' attribute sets (operation, input tokens, output tokens), built once per
+        identity; the SDK copies what it keeps, so sharing the dicts is safe."""
+        key = ("semconv", record.operation, record.provider, record.request_model, record.response_model,
+               record.server_address, record.server_port, record.error_type)
+        sets = self._semconv_cache.get(key)
+        if sets is None:
+            attrs = semconv_attributes(record)
+            if record.error_type:
+                attrs[N.ERROR_TYPE] = record.error_type
+            sets = (attrs, {**attrs, N.GEN_AI_TOKEN_TYPE: "input"}, {**attrs, N.GEN_AI_TOKEN_TYPE: "output"})
+            if len(self._semconv_cache) >= _ATTR_CACHE_MAX:
+                self._semconv_cache.clear()
+            self._semconv_cache[key] = sets
+        return sets
+
     def _record_semconv(self, record: UsageRecord) -> None:
-        attrs = semconv_attributes(record)
         if record.status == "blocked":
             return  # nothing was sent: no operation to time
-        if record.error_type:
-            attrs[N.ERROR_TYPE] = record.error_type
+        attrs, input_attrs, output_attrs = self._semconv_sets(record)
         self.duration.record(record.duration_s, attrs)
         if record.ttft_s is not None:
             self.ttfc.record(record.ttft_s, attrs)
         if record.usage_source != "none" and not record.error_type:
-            self.token_usage.record(record.tokens.input_tokens, {**attrs, N.GEN_AI_TOKEN_TYPE: "input"})
+            self.token_usage.record(record.tokens.input_tokens, input_attrs)
             if record.operation != N.OP_EMBEDDINGS:
-                self.token_usage.record(record.tokens.output_tokens, {**attrs, N.GEN_AI_TOKEN_TYPE: "output"})
+                self.token_usage.record(record.tokens.output_tokens, output_attrs)
 
     def budget_event(self, budget: str, scope: str, level: str) -> None:
         self.budget_events.add(1, {"budget": budget, "scope": self.labels.value("budget_scope", scope), "level": level})

@@ -25,6 +25,7 @@ __all__ = [
     "UsageRecord",
     "billable_breakdown",
     "estimate_tokens",
+    "fields_of",
     "read_field",
     "safe_int",
 ]
@@ -103,6 +104,43 @@ class TokenUsage:
         return self
 
 
+class _Fields:
+    """``.get`` over an object of any other shape :func:`read_field` understands."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def get(self, key: str) -> Any:
+        return read_field(self.obj, key)
+
+
+_NO_FIELDS: dict[str, Any] = {}
+
+
+def fields_of(obj: Any) -> Mapping[str, Any] | _Fields:
+    """One object's fields for repeated ``.get``: dicts and pydantic models (every SDK response) as
+    the dict they already hold, anything else through :func:`read_field`. Same values either way."""
+    if obj is None:
+        return _NO_FIELDS
+    if isinstance(obj, dict):
+        return obj
+    if isinstance(obj, BaseModel):
+        extra = obj.__pydantic_extra__
+        return {**extra, **obj.__dict__} if extra else obj.__dict__
+    return _Fields(obj)
+
+
+def _first_count(*values: Any) -> int | None:
+    for value in values:
+        if value is not None:
+            count = safe_int(value)
+            if count is not None:
+                return count
+    return None
+
+
 def normalize_usage(usage: Any) -> TokenUsage | None:
     """Normalize any OpenAI-style or DashScope-style usage object; ``None`` if nothing usable.
 
@@ -112,13 +150,10 @@ def normalize_usage(usage: Any) -> TokenUsage | None:
     """
     if usage is None:
         return None
-    inp = safe_int(read_field(usage, "prompt_tokens"))
-    if inp is None:
-        inp = safe_int(read_field(usage, "input_tokens"))
-    out = safe_int(read_field(usage, "completion_tokens"))
-    if out is None:
-        out = safe_int(read_field(usage, "output_tokens"))
-    total = safe_int(read_field(usage, "total_tokens"))
+    get = fields_of(usage).get
+    inp = _first_count(get("prompt_tokens"), get("input_tokens"))
+    out = _first_count(get("completion_tokens"), get("output_tokens"))
+    total = safe_int(get("total_tokens"))
     if inp is None and out is None:
         if total is None:
             return None
@@ -126,32 +161,22 @@ def normalize_usage(usage: Any) -> TokenUsage | None:
         inp, out = total, 0
     inp = inp or 0
     out = out or 0
-    if out == 0 and total is not None and total > inp and read_field(usage, "completion_tokens") is None \
-            and read_field(usage, "output_tokens") is None:
+    if out == 0 and total is not None and total > inp and get("completion_tokens") is None \
+            and get("output_tokens") is None:
         out = total - inp
 
-    cached = _first_int(
-        usage,
-        ("prompt_tokens_details", "cached_tokens"),
-        ("input_tokens_details", "cached_tokens"),
-        ("prompt_cache_hit_tokens",),
-        ("cached_tokens",),
-    )
-    cache_write = _first_int(
-        usage,
-        ("prompt_tokens_details", "cache_creation_input_tokens"),
-        ("input_tokens_details", "cache_creation_input_tokens"),
-        ("cache_creation_input_tokens",),
-    )
-    reasoning = _first_int(
-        usage,
-        ("completion_tokens_details", "reasoning_tokens"),
-        ("output_tokens_details", "reasoning_tokens"),
-        ("reasoning_tokens",),
-    )
+    prompt = fields_of(get("prompt_tokens_details")).get
+    inputs = fields_of(get("input_tokens_details")).get
+    completion = fields_of(get("completion_tokens_details")).get
+    outputs = fields_of(get("output_tokens_details")).get
+    cached = _first_count(prompt("cached_tokens"), inputs("cached_tokens"), get("prompt_cache_hit_tokens"),
+                          get("cached_tokens"))
+    cache_write = _first_count(prompt("cache_creation_input_tokens"), inputs("cache_creation_input_tokens"),
+                               get("cache_creation_input_tokens"))
+    reasoning = _first_count(completion("reasoning_tokens"), outputs("reasoning_tokens"), get("reasoning_tokens"))
     details: dict[str, int] = {}
     for name in ("image_tokens", "audio_tokens", "video_tokens"):
-        n = _first_int(usage, ("input_tokens_details", name), ("prompt_tokens_details", name), (name,))
+        n = _first_count(inputs(name), prompt(name), get(name))
         if n:
             details[name] = n
     return TokenUsage(
@@ -162,14 +187,6 @@ def normalize_usage(usage: Any) -> TokenUsage | None:
         reasoning_tokens=reasoning or 0,
         details=details,
     ).clamp()
-
-
-def _first_int(obj: Any, *paths: tuple[str, ...]) -> int | None:
-    for path in paths:
-        value = safe_int(read_field(obj, *path))
-        if value is not None:
-            return value
-    return None
 
 
 def billable_breakdown(tokens: TokenUsage) -> dict[str, int]:

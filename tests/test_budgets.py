@@ -273,3 +273,34 @@ def test_exit_action_writes_report_and_terminates(llm_server, tmp_path):
     assert b["used"] == 36 and b["limit"] == 30
     assert data["usage_by_model"]["gpt-4o-mini"]["requests"] == 4
     assert "budget ci-job exhausted with action: exit" in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "qwen-plus", "text-embedding-3-small", "no-such-model"])
+def test_reservation_priced_from_flat_rates_matches_the_full_pricing(llm_server, model):
+    """Reservations price their estimate from cached per-token rates where the price is flat; the
+    amount must be what full pricing gives (to the nano, rounded up), tiers and unpriced included."""
+    from otel_llm_usage.pipeline import CallIntent
+    from otel_llm_usage.usage import UsageRecord
+
+    cfg = Config.model_validate({"provider_hosts": {"127.0.0.1": "openai"},
+                                 "pricing": {"exchange_rates": {"USD": "7.1"}},
+                                 "budgets": [{"name": "c", "limit": {"cost": 1000}, "action": "block"}]})
+    o = make_otel(llm_server, cfg)
+    try:
+        engine = o.instrumentor.runtime.budgets
+        provider = "dashscope" if model.startswith("qwen") else "openai"
+        for inp, out in [(1, 1), (123, 456), (150_000, 8_192), (999_999, 1)]:
+            record = UsageRecord(provider=provider, operation="chat", request_model=model)
+            fast = engine._reservation(CallIntent(record, inp, out), with_cost=True)
+            saved, engine._flat_rates = engine._flat_rates, None
+            engine._rate_cache.clear()
+            try:
+                full = engine._reservation(CallIntent(record, inp, out), with_cost=True)
+            finally:
+                engine._flat_rates = saved
+                engine._rate_cache.clear()
+            assert fast.tokens == full.tokens == inp + out
+            assert full.cost_nanos <= fast.cost_nanos <= full.cost_nanos + 1, (model, inp, out)
+            assert (fast.cost_nanos > 0) == (model != "no-such-model")
+    finally:
+        close_otel(o)

@@ -182,6 +182,35 @@ def test_early_close_then_gc_records_once(otel):
     assert len(otel.spans()) == 1
 
 
+@pytest.mark.parametrize("read", [5, 60])
+def test_abandoned_long_stream_estimate_scales_the_text_sample(otel, read):
+    """Past a few chunks the proxy stops reading text when usage is due at the end; abandoned
+    before it, the estimate must still track the output the caller actually received."""
+    from otel_llm_usage.usage import count_text, estimate_tokens
+
+    stream = client(otel.server).chat.completions.create(model=MODEL, messages=MSG, stream=True,
+                                                         **scenario("words=100"))
+    received = ""
+    for _ in range(read):
+        received += next(iter(stream)).choices[0].delta.content or ""
+    del stream
+    gc.collect()
+    (rec,) = otel.records()
+    assert rec.usage_source == "estimated"
+    exact = estimate_tokens(*count_text(received))
+    assert abs(rec.tokens.output_tokens - exact) <= max(2, exact // 5), (rec.tokens.output_tokens, exact)
+
+
+def test_long_stream_keeps_finish_reason_and_reported_usage(otel):
+    chunks = list(client(otel.server).chat.completions.create(model=MODEL, messages=MSG, stream=True,
+                                                              **scenario("words=60")))
+    assert sum(1 for c in chunks if c.choices) > 60
+    (rec,) = otel.records()
+    assert rec.usage_source == "reported" and rec.tokens.output_tokens == 60
+    assert rec.finish_reasons == ("stop",)
+    assert otel.spans()[0].attributes["gen_ai.response.finish_reasons"] == ("stop",)
+
+
 def test_user_exception_inside_with_block_records_once(otel):
     with pytest.raises(KeyError), \
             client(otel.server).chat.completions.create(model=MODEL, messages=MSG, stream=True) as stream:

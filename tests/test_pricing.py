@@ -522,3 +522,48 @@ def test_cost_monotonic_in_output_and_never_negative(
 def test_cached_never_costs_more(entry: PriceEntry, inp: int, cached_frac: float, out: int) -> None:
     cached = int(inp * cached_frac)
     assert compute_cost(entry, tok(inp, out, cached=cached)) <= compute_cost(entry, tok(inp, out))
+
+
+@settings(max_examples=500, database=None, deadline=None)
+@given(entry=st.sampled_from(PRICEABLE), inp=st.integers(0, 3_000_000), cached=st.integers(0, 3_000_000),
+       write=st.integers(0, 3_000_000), out=st.integers(0, 500_000), reasoning=st.integers(0, 500_000),
+       batch=st.booleans())
+def test_integer_fast_path_gives_the_reference_decimal(
+    entry: PriceEntry, inp: int, cached: int, write: int, out: int, reasoning: int, batch: bool,
+) -> None:
+    """compute_cost's integer form of flat prices must equal the Decimal rules exactly, exponent
+    included (the ledger stores the string), for every bundled and hand-made entry."""
+    from otel_llm_usage.pricing.compute import (
+        apply_batch,
+        price_buckets,
+        rates_for,
+        split_tokens,
+        thinking_mode,
+    )
+
+    tokens = TokenUsage(input_tokens=inp, output_tokens=out, cached_input_tokens=cached,
+                        cache_write_tokens=write, reasoning_tokens=min(reasoning, out))
+    params = {"batch": batch}
+    if entry.volume is not None and not entry.tiers and entry.input is None:
+        return  # priced by VolumeMeter, outside the fast path
+    if entry.is_free:
+        reference = Decimal(0)
+    else:
+        buckets = split_tokens(tokens)
+        rates = rates_for(entry, buckets.uncached_input + buckets.cached_input + buckets.cache_write)
+        reference = apply_batch(entry, price_buckets(rates, buckets, thinking=thinking_mode(tokens, params),
+                                                     embedding=entry.kind == "embedding"), params)
+    cost = compute_cost(entry, tokens, params)
+    assert str(cost) == str(reference)
+
+
+def test_flat_rates_only_for_prices_linear_in_tokens() -> None:
+    from otel_llm_usage.pricing.compute import flat_rates
+
+    assert flat_rates(FLAT) == (FLAT.input, FLAT.output)
+    assert flat_rates(TIERED) is None  # the input length picks the price
+    assert flat_rates(EMBED) == (EMBED.input, Decimal(0))
+    thinking = make_entry(provider="x", model="hybrid", input="1", output="2", thinking_output="8")
+    assert flat_rates(thinking) is None
+    discounted = make_entry(provider="x", model="batchable", input="1", output="2", batch_discount="0.5")
+    assert flat_rates(discounted) == (Decimal("1"), Decimal("2"))  # undiscounted: an upper bound

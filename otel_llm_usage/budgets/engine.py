@@ -70,6 +70,19 @@ class BudgetEvent:
     threshold: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    """One budget a call must be admitted by, with its counter keys for the current window."""
+
+    budget: BudgetConfig
+    scope: str
+    used_keys: list[str]
+    bucket: str
+    inflight_key: str
+    limit: Limit
+    ttl_s: int | None
+
+
 @dataclass(slots=True)
 class _Reservation:
     budget: BudgetConfig
@@ -91,6 +104,7 @@ class BudgetEngine:
         currency: str,
         to_reporting: Callable[[Decimal, str], Decimal],
         estimate_cost: Callable[[UsageRecord, TokenUsage], tuple[Decimal, str] | None],
+        flat_rates: Callable[[UsageRecord], tuple[Decimal, Decimal, str] | None] | None = None,
         on_event: Callable[[BudgetEvent], None] | None = None,
         on_exit: Callable[[BudgetConfig, BudgetEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -102,6 +116,10 @@ class BudgetEngine:
         self.currency = currency
         self._to_reporting = to_reporting
         self._estimate_cost = estimate_cost
+        self._flat_rates = flat_rates
+        # (provider, model, server) -> reporting-currency nanos per 1M (input, output) tokens, or
+        # None when the price depends on more than token counts (tiers...): see _reservation.
+        self._rate_cache: dict[tuple[str, str, str | None], tuple[int, int] | None] = {}
         self._on_event = on_event
         self._on_exit = on_exit
         self._clock = clock
@@ -116,6 +134,9 @@ class BudgetEngine:
         self._windows: dict[tuple[str, str], Window] = {}
         self._limits: dict[str, Limit] = {}
         self._key_cache: dict[tuple[str, str, str, str], tuple[list[str], str, str]] = {}
+        # (budgets, {call identity: (valid from, valid until, admissions)}): see _admissions.
+        self._plans: tuple[tuple[BudgetConfig, ...], dict[tuple[Any, ...], tuple[float, float, list[_Admission]]]] \
+            = (budgets, {})
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Settles records whose settlement is still queued (the pipeline's deferred stages): a
@@ -184,6 +205,35 @@ class BudgetEngine:
                     self._instances[key] = budget
 
     # -- before the call ---------------------------------------------------------
+    def _admissions(self, record: UsageRecord, now: float) -> list[_Admission]:
+        """The budgets that must admit this call, and their keys, for the current windows.
+
+        Runs before every call, so the matching (model globs), scoping and key building are done
+        once per call identity and window rather than per call; the budgets are immutable."""
+        budgets, plans = self._plans
+        if budgets is not self.budgets:
+            budgets, plans = self._plans = (self.budgets, {})
+        identity = (record.provider, record.model, record.function, record.user, record.session, record.anchor)
+        plan = plans.get(identity)
+        if plan is not None and plan[0] <= now < plan[1]:
+            return plan[2]
+        admissions: list[_Admission] = []
+        valid_from, valid_until = float("-inf"), float("inf")
+        for budget in budgets:
+            if budget.action == "alert" or not self.matches(budget, record):
+                continue
+            scope = self.scope_of(budget, record)
+            self._remember(budget, scope)
+            window = self._window(budget, now)
+            valid_from, valid_until = max(valid_from, window.start), min(valid_until, window.end)
+            used_keys, bucket, inflight_key = self._keys(budget, scope, window)
+            admissions.append(_Admission(budget, scope, used_keys, bucket, inflight_key, self._limit(budget),
+                                         window.ttl_s))
+        if len(plans) >= 10_000:
+            plans.clear()
+        plans[identity] = (valid_from, valid_until, admissions)
+        return admissions
+
     def before_call(self, intent: CallIntent) -> str | None:
         if _bypass.get() or not self.budgets:
             return None
@@ -191,27 +241,24 @@ class BudgetEngine:
         reservation: Amount | None = None
         new_model: str | None = None
         now = self._clock()
-        for budget in self.budgets:
-            if budget.action == "alert" or not self.matches(budget, record):
-                continue
+        for adm in self._admissions(record, now):
+            budget = adm.budget
             if reservation is None or (budget.limit.cost is not None and not reservation.cost_nanos):
                 # Pricing the estimate is the costly part: only budgets with a cost limit need it.
                 reservation = self._reservation(intent, with_cost=budget.limit.cost is not None)
-            scope = self.scope_of(budget, record)
-            self._remember(budget, scope)
-            window = self._window(budget, now)
-            used_keys, bucket, inflight_key = self._keys(budget, scope, window)
-            admitted, used, inflight = self.store.try_reserve(used_keys, inflight_key, reservation,
-                                                              self._limit(budget), window.ttl_s)
+            admitted, used, inflight = self.store.try_reserve(adm.used_keys, adm.inflight_key, reservation,
+                                                              adm.limit, adm.ttl_s)
             if not admitted and self.settle_pending is not None:
                 # Finished calls may still hold reservations larger than their usage.
                 self.settle_pending()
-                admitted, used, inflight = self.store.try_reserve(used_keys, inflight_key, reservation,
-                                                                  self._limit(budget), window.ttl_s)
+                admitted, used, inflight = self.store.try_reserve(adm.used_keys, adm.inflight_key, reservation,
+                                                                  adm.limit, adm.ttl_s)
+            scope = adm.scope
             if admitted:
-                record.reservations.append(_Reservation(budget, scope, bucket, inflight_key, reservation,
-                                                        window.ttl_s))
+                record.reservations.append(_Reservation(budget, scope, adm.bucket, adm.inflight_key, reservation,
+                                                        adm.ttl_s))
                 continue
+            window = self._window(budget, now)
             event = self._event(budget, scope, window, used + inflight, level=_REFUSAL[budget.action])
             if budget.action == "downgrade":
                 new_model = budget.downgrade_to
@@ -225,11 +272,27 @@ class BudgetEngine:
 
     def _reservation(self, intent: CallIntent, *, with_cost: bool) -> Amount:
         out = intent.max_output_tokens or self.default_output_reservation
-        tokens = TokenUsage(input_tokens=intent.estimated_input_tokens, output_tokens=out)
+        inp = intent.estimated_input_tokens
         if not with_cost:
-            return Amount(0, tokens.total_tokens)
-        priced = self._estimate_cost(intent.record, tokens)
-        return Amount(self._nanos(*priced) if priced is not None else 0, tokens.total_tokens)
+            return Amount(0, inp + out)
+        rates = self._nanos_per_million(intent.record)
+        if rates is not None:  # most models: integer arithmetic, rounded up (an estimate errs high)
+            return Amount(-(-(inp * rates[0] + out * rates[1]) // 1_000_000), inp + out)
+        priced = self._estimate_cost(intent.record, TokenUsage(input_tokens=inp, output_tokens=out))
+        return Amount(self._nanos(*priced) if priced is not None else 0, inp + out)
+
+    def _nanos_per_million(self, record: UsageRecord) -> tuple[int, int] | None:
+        key = (record.provider, record.model, record.server_address)
+        try:
+            return self._rate_cache[key]
+        except KeyError:
+            pass
+        rates = self._flat_rates(record) if self._flat_rates is not None else None
+        nanos = None if rates is None else (self._nanos(rates[0], rates[2]), self._nanos(rates[1], rates[2]))
+        if len(self._rate_cache) >= 10_000:
+            self._rate_cache.clear()
+        self._rate_cache[key] = nanos
+        return nanos
 
     def _release(self, record: UsageRecord) -> None:
         for r in record.reservations:

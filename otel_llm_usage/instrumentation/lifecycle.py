@@ -17,13 +17,13 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from .. import _names as N
@@ -34,7 +34,12 @@ from ..pipeline import CallIntent, Pipeline
 from ..telemetry import LabelPolicy, put_present, semconv_attributes
 from ..usage import TokenUsage, UsageRecord, count_text, estimate_tokens, new_record_id
 
-__all__ = ["CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestInfo"]
+__all__ = ["OUTPUT_TEXT_SAMPLE_CHUNKS", "CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestInfo"]
+
+#: When a stream's usage is expected in its last chunk, an adapter may stop reading chunk text
+#: after this many chunks (reading it is most of the per-chunk cost); should usage then never
+#: arrive (an abandoned stream), the output estimate scales this sample by the chunk count.
+OUTPUT_TEXT_SAMPLE_CHUNKS = 8
 
 # Set while an instrumented call is on the stack, so an SDK method that calls
 # another patched method (e.g. a helper calling ``create``) is recorded once.
@@ -114,9 +119,11 @@ class Invocation:
         "first_chunk_at",
         "kwargs",
         "model_usages",
+        "output_chunks",
         "record",
         "span",
         "stream_usage_injected",
+        "usage_expected",
         "usage_seen",
     )
 
@@ -131,6 +138,8 @@ class Invocation:
         self._lock = threading.Lock()
         self.usage_seen = False
         self.stream_usage_injected = False
+        self.usage_expected = False  # the provider will report usage at the end of the stream
+        self.output_chunks = 0
         self.first_chunk_at: float | None = None
         self.attempts = 0
         self.estimated_output_chars = [0, 0]
@@ -278,9 +287,13 @@ class Invocation:
             rec.usage_source = "none"  # the provider refused it: nothing billed
             return
         latin, cjk = self.adapter.input_text_size(self._args, self._kwargs)
+        out_latin, out_cjk = self.estimated_output_chars
+        if self.usage_expected and self.output_chunks > OUTPUT_TEXT_SAMPLE_CHUNKS:
+            scale = self.output_chunks / OUTPUT_TEXT_SAMPLE_CHUNKS
+            out_latin, out_cjk = round(out_latin * scale), round(out_cjk * scale)
         rec.tokens = TokenUsage(
             input_tokens=estimate_tokens(latin, cjk),
-            output_tokens=estimate_tokens(*self.estimated_output_chars),
+            output_tokens=estimate_tokens(out_latin, out_cjk),
         )
         rec.usage_source = "estimated"
 
@@ -433,28 +446,19 @@ class CallHandler:
             inv.finish()
             return result
 
-    @contextlib.contextmanager
-    def _calling(self, inv: Invocation) -> Iterator[None]:
-        """Around the SDK call: our span is current, nested patched calls pass through, and any
-        exception (``CancelledError`` included) is recorded and re-raised unchanged."""
-        token = _in_call.set(inv)
-        try:
-            with trace.use_span(inv.span, end_on_exit=False, record_exception=False,
-                                set_status_on_exception=False):
-                yield
-        except BaseException as exc:
-            inv.fail(exc)
-            raise
-        finally:
-            _in_call.reset(token)
-
     def call_sync(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         inv = self.begin(spec, instance, args, kwargs)
         if inv is None:
             return wrapped(*args, **kwargs)
-        with self._calling(inv):
+        tokens = _enter_call(inv)
+        try:
             result = wrapped(*args, **inv.kwargs)
+        except BaseException as exc:
+            inv.fail(exc)
+            raise
+        finally:
+            _exit_call(tokens)
         return self.finish_result(inv, result)
 
     async def call_async(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
@@ -462,6 +466,24 @@ class CallHandler:
         inv = self.begin(spec, instance, args, kwargs)
         if inv is None:
             return await wrapped(*args, **kwargs)
-        with self._calling(inv):
+        tokens = _enter_call(inv)
+        try:
             result = await wrapped(*args, **inv.kwargs)
+        except BaseException as exc:  # CancelledError included: recorded, re-raised unchanged
+            inv.fail(exc)
+            raise
+        finally:
+            _exit_call(tokens)
         return self.finish_result(inv, result)
+
+
+def _enter_call(inv: Invocation) -> tuple[Token[Invocation | None], object]:
+    """Around the SDK call: our span is current and nested patched calls pass through. Plain
+    attach/detach rather than ``use_span``: this runs on every call, a generator-based context
+    manager costs more than the two context-variable writes it wraps."""
+    return _in_call.set(inv), context.attach(trace.set_span_in_context(inv.span))
+
+
+def _exit_call(tokens: tuple[Token[Invocation | None], object]) -> None:
+    context.detach(tokens[1])  # type: ignore[arg-type]
+    _in_call.reset(tokens[0])

@@ -20,8 +20,8 @@ import json
 from typing import Any, NamedTuple
 
 from .. import _names as N
-from ..usage import count_text, normalize_usage, read_field
-from .lifecycle import Invocation, RequestInfo
+from ..usage import count_text, fields_of, normalize_usage, read_field
+from .lifecycle import OUTPUT_TEXT_SAMPLE_CHUNKS, Invocation, RequestInfo
 from .providers import provider_from_endpoint
 
 __all__ = ["ATTEMPT_HOOKS", "METHODS", "Method", "OpenAIAdapter"]
@@ -62,6 +62,11 @@ ATTEMPT_HOOKS: tuple[tuple[str, str, str], ...] = (("openai._base_client", "Base
 _STREAM_USAGE_OPS = (N.OP_CHAT, N.OP_TEXT_COMPLETION)
 
 
+# Request arguments that carry none of the options request_info reads.
+_PLAIN_KEYS = frozenset({"model", "messages", "input", "prompt", "instructions", "stream", "stream_options",
+                         "extra_headers", "extra_query", "timeout"})
+
+
 def _given(value: Any) -> bool:
     """False for None and the SDK's ``omit`` / ``NOT_GIVEN`` sentinels."""
     return value is not None and type(value).__name__ not in ("Omit", "NotGiven")
@@ -82,15 +87,23 @@ class OpenAIAdapter:
         self.stream_include_usage = stream_include_usage
         self.responses_api = responses_api
         self._endpoint_cache: dict[tuple[str, str], tuple[str, str | None, int | None]] = {}
+        self._url_cache: dict[int, tuple[Any, str, tuple[str, str | None, int | None]]] = {}
 
     # -- request ---------------------------------------------------------------
     def _endpoint(self, instance: Any) -> tuple[str, str | None, int | None]:
         client = getattr(instance, "_client", None)
         base_url = getattr(client, "base_url", None)
         client_type = type(client).__name__
+        # By the URL object's identity (str() of an httpx URL costs a microsecond per call); the
+        # object is kept in the entry, so its id cannot be reused while the entry exists.
+        cached = self._url_cache.get(id(base_url))
+        if cached is not None and cached[0] is base_url and cached[1] == client_type:
+            return cached[2]
         key = (client_type, str(base_url))
         hit = self._endpoint_cache.get(key)
         if hit is not None:
+            if len(self._url_cache) < 256:
+                self._url_cache[id(base_url)] = (base_url, client_type, hit)
             return hit
         host = getattr(base_url, "host", None)
         port = getattr(base_url, "port", None)
@@ -110,20 +123,22 @@ class OpenAIAdapter:
 
     def request_info(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo:
         provider, host, port = self._endpoint(instance)
-        max_tokens = _kw(kwargs, "max_completion_tokens") or _kw(kwargs, "max_tokens") \
-            or _kw(kwargs, "max_output_tokens")
         params: dict[str, Any] = {}
         span_attrs: dict[str, Any] = {}
-        for name, attr in (("temperature", N.GEN_AI_REQUEST_TEMPERATURE), ("top_p", N.GEN_AI_REQUEST_TOP_P)):
-            value = _kw(kwargs, name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                span_attrs[attr] = float(value)
-        extra_body = _kw(kwargs, "extra_body")
-        if isinstance(extra_body, dict) and isinstance(extra_body.get("enable_thinking"), bool):
-            params["enable_thinking"] = extra_body["enable_thinking"]
-        if _kw(kwargs, "service_tier") == "flex":
-            params["service_tier"] = "flex"
-        user = _kw(kwargs, "user")
+        max_tokens = user = None
+        if not _PLAIN_KEYS.issuperset(kwargs):  # most calls pass none of the options read below
+            max_tokens = _kw(kwargs, "max_completion_tokens") or _kw(kwargs, "max_tokens") \
+                or _kw(kwargs, "max_output_tokens")
+            for name, attr in (("temperature", N.GEN_AI_REQUEST_TEMPERATURE), ("top_p", N.GEN_AI_REQUEST_TOP_P)):
+                value = _kw(kwargs, name)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    span_attrs[attr] = float(value)
+            extra_body = _kw(kwargs, "extra_body")
+            if isinstance(extra_body, dict) and isinstance(extra_body.get("enable_thinking"), bool):
+                params["enable_thinking"] = extra_body["enable_thinking"]
+            if _kw(kwargs, "service_tier") == "flex":
+                params["service_tier"] = "flex"
+            user = _kw(kwargs, "user")
         if self.capture_content:
             captured = self._capture(kwargs.get("messages") if _given(kwargs.get("messages")) else
                                      _kw(kwargs, "input") or _kw(kwargs, "prompt"))
@@ -144,8 +159,11 @@ class OpenAIAdapter:
     def prepare(self, inv: Invocation, kwargs: dict[str, Any]) -> dict[str, Any]:
         if (self.stream_include_usage and inv.record.streamed and inv.record.operation in _STREAM_USAGE_OPS
                 and not self.responses_api and not _given(kwargs.get("stream_options"))):
-            inv.stream_usage_injected = True
+            inv.stream_usage_injected = inv.usage_expected = True
             return {**kwargs, "stream_options": {"include_usage": True}}
+        options = kwargs.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            inv.usage_expected = True
         return kwargs
 
     def input_text_size(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:
@@ -165,18 +183,19 @@ class OpenAIAdapter:
         if isinstance(result, (str, bytes)):
             result = json.loads(result)
         rec = inv.record
-        inv.set_usage(normalize_usage(read_field(result, "usage")))
-        model = read_field(result, "model")
+        get = fields_of(result).get
+        inv.set_usage(normalize_usage(get("usage")))
+        model = get("model")
         if isinstance(model, str):
             rec.response_model = model
-        rid = read_field(result, "id")
+        rid = get("id")
         if isinstance(rid, str):
             rec.response_id = rid
-        choices = read_field(result, "choices")
+        choices = get("choices")
         if isinstance(choices, list):
             rec.finish_reasons = tuple(str(r) for c in choices if (r := read_field(c, "finish_reason")))
-        status = read_field(result, "status")
-        if isinstance(status, str) and read_field(result, "output") is not None:
+        status = get("status")
+        if isinstance(status, str) and get("output") is not None:
             rec.finish_reasons = (status,)
             if status == "failed":
                 code = read_field(result, "error", "code")
@@ -198,6 +217,19 @@ class OpenAIAdapter:
             usage, choices = fields["usage"], fields["choices"]
         except (AttributeError, KeyError):
             usage, choices = read_field(chunk, "usage"), read_field(chunk, "choices")
+        if choices and usage is None:
+            inv.output_chunks += 1
+            if inv.usage_expected and inv.output_chunks > OUTPUT_TEXT_SAMPLE_CHUNKS:
+                # Usage arrives in the last chunk; the text sample only backs an estimate if it
+                # never does (see Invocation._estimate_usage). Past it, only finish reasons matter.
+                for choice in choices:
+                    try:
+                        reason = choice.__dict__["finish_reason"]
+                    except (AttributeError, KeyError):
+                        reason = read_field(choice, "finish_reason")
+                    if reason:
+                        rec.finish_reasons = (*rec.finish_reasons, str(reason))
+                return True
         if rec.response_model is None:
             model = read_field(chunk, "model")
             if isinstance(model, str) and model:

@@ -44,6 +44,7 @@ __all__ = [
     "Rates",
     "apply_batch",
     "compute_cost",
+    "flat_rates",
     "is_batch",
     "price_buckets",
     "rates_for",
@@ -179,6 +180,81 @@ def apply_batch(entry: PriceEntry, cost: Decimal, request_params: Mapping[str, A
     return DECIMAL_CONTEXT.multiply(cost, DECIMAL_CONTEXT.subtract(Decimal(1), entry.batch_discount))
 
 
+class _Linear:
+    """A flat entry's per-1M rates as integers over ``10**scale``: its cost is one integer sum.
+
+    Most calls hit a flat price (no tiers, volume, thinking price or batch request), and ``Decimal``
+    arithmetic in a 50-digit context is the bulk of pricing one. The integer form gives the very
+    same ``Decimal`` (value *and* exponent, so stored strings do not change): ``price_buckets``
+    divides exactly by 1,000,000 and keeps the ideal exponent, the smallest of the rates'.
+    """
+
+    __slots__ = ("cached", "embedding", "free", "ideal_exponent", "output", "scale", "uncached", "write")
+
+    def __init__(self, entry: PriceEntry, rates: Rates | None) -> None:
+        self.free = rates is None
+        self.embedding = entry.kind == "embedding"
+        values = [] if rates is None else (
+            [rates.input] if self.embedding else [rates.input, rates.cached_input, rates.cache_write, rates.output])
+        exponents = [int(v.as_tuple().exponent) for v in values]
+        self.ideal_exponent = min(exponents, default=0)
+        self.scale = max(0, -self.ideal_exponent)
+        scaled = [int(v.scaleb(self.scale, DECIMAL_CONTEXT)) for v in values] + [0, 0, 0, 0]
+        self.uncached, self.cached, self.write, self.output = scaled[:4]
+        if self.embedding:
+            self.cached = self.write = self.uncached
+
+    def cost(self, tokens: TokenUsage) -> Decimal:
+        if self.free:
+            return ZERO
+        inp = max(0, int(tokens.input_tokens))
+        cached = min(max(0, int(tokens.cached_input_tokens)), inp)
+        write = min(max(0, int(tokens.cache_write_tokens)), inp - cached)
+        total = (inp - cached - write) * self.uncached + cached * self.cached + write * self.write
+        if not self.embedding:
+            total += max(0, int(tokens.output_tokens)) * self.output
+        exponent = -(self.scale + 6)
+        if total == 0:
+            exponent = self.ideal_exponent
+        while exponent < self.ideal_exponent and total % 10 == 0:
+            total //= 10
+            exponent += 1
+        return Decimal(f"{total}E{exponent}")
+
+
+_LINEAR: dict[int, tuple[PriceEntry, _Linear | None]] = {}
+_LINEAR_MAX = 4096
+
+
+def _linear(entry: PriceEntry) -> _Linear | None:
+    """The entry's integer form, or ``None`` when its price depends on the call beyond token counts."""
+    cached = _LINEAR.get(id(entry))
+    if cached is not None and cached[0] is entry:
+        return cached[1]
+    linear = None
+    if entry.is_free:
+        linear = _Linear(entry, None)
+    elif not entry.tiers and entry.volume is None and entry.thinking_output is None:
+        linear = _Linear(entry, rates_for(entry, 0))
+    if len(_LINEAR) >= _LINEAR_MAX:
+        _LINEAR.clear()
+    _LINEAR[id(entry)] = (entry, linear)
+    return linear
+
+
+def flat_rates(entry: PriceEntry) -> tuple[Decimal, Decimal] | None:
+    """(input, output) prices per 1M tokens when every call costs ``tokens x rate`` (no tiers, volume
+    tiers or thinking price; a batch discount is ignored, so batch calls get an upper bound), else
+    ``None``. Budget reservations price their estimate with it instead of :func:`compute_cost`."""
+    linear = _linear(entry)
+    if linear is None:
+        return None
+    if linear.free:
+        return ZERO, ZERO
+    rates = rates_for(entry, 0)
+    return rates.input, ZERO if linear.embedding else rates.output
+
+
 def compute_cost(entry: PriceEntry, tokens: TokenUsage,
                  request_params: Mapping[str, Any] | None = None) -> Decimal:
     """Exact cost of one call in ``entry.currency``.
@@ -187,6 +263,10 @@ def compute_cost(entry: PriceEntry, tokens: TokenUsage,
     :class:`otel_llm_usage.pricing.volume.VolumeMeter`; here they are priced at their first
     (lowest-volume) tier, which is what a stateless caller (e.g. ``prices estimate``) can know.
     """
+    linear = _linear(entry)
+    if linear is not None and (entry.batch_discount is None or not request_params
+                               or not request_params.get("batch")):
+        return linear.cost(tokens)
     if entry.is_free:
         return Decimal(0)
     buckets = split_tokens(tokens)

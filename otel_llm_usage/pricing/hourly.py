@@ -50,6 +50,11 @@ class HourlyBilling:
             self._meters[name] = _Meter(price=price)
             self._by_key[(price.provider, name.lower())] = name
 
+    @property
+    def configured(self) -> bool:
+        """Whether any model is billed by the hour (most set-ups: none, and pricing skips this)."""
+        return bool(self._meters)
+
     def find(self, provider: str | None, model: str) -> HourlyPrice | None:
         """The hourly price for ``model`` (provider-specific first, then provider-agnostic)."""
         name = self._resolve(provider, model)

@@ -33,15 +33,14 @@ logger = logging.getLogger("otel_llm_usage.pricing")
 _MAX_WARNED = 10_000  # bound the "already warned" set against arbitrary model strings
 
 
-def convert_currency(amount: Decimal, from_ccy: str, to_ccy: str, *, reporting_currency: str,
-                     exchange_rates: dict[str, Decimal]) -> Decimal:
-    """Convert with fixed rates quoted against the reporting currency (1 X = rate x reporting).
+def _rate_pair(from_ccy: str, to_ccy: str, reporting_currency: str,
+               exchange_rates: dict[str, Decimal]) -> tuple[Decimal, Decimal] | None:
+    """(rate of ``from_ccy``, rate of ``to_ccy``) in the reporting currency, ``None`` for no conversion.
 
-    Raises ``ValueError`` naming the missing rate.
-    """
+    Raises ``ValueError`` naming the missing rate."""
     src, dst, base = from_ccy.strip().upper(), to_ccy.strip().upper(), reporting_currency.strip().upper()
     if src == dst:
-        return amount
+        return None
 
     def rate(code: str) -> Decimal:
         if code == base:
@@ -54,8 +53,22 @@ def convert_currency(amount: Decimal, from_ccy: str, to_ccy: str, *, reporting_c
             )
         return value
 
-    ctx = DECIMAL_CONTEXT
-    return ctx.divide(ctx.multiply(amount, rate(src)), rate(dst))
+    return rate(src), rate(dst)
+
+
+def _apply(amount: Decimal, pair: tuple[Decimal, Decimal] | None) -> Decimal:
+    if pair is None:
+        return amount
+    return DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(amount, pair[0]), pair[1])
+
+
+def convert_currency(amount: Decimal, from_ccy: str, to_ccy: str, *, reporting_currency: str,
+                     exchange_rates: dict[str, Decimal]) -> Decimal:
+    """Convert with fixed rates quoted against the reporting currency (1 X = rate x reporting).
+
+    Raises ``ValueError`` naming the missing rate.
+    """
+    return _apply(amount, _rate_pair(from_ccy, to_ccy, reporting_currency, exchange_rates))
 
 
 class PricingStage:
@@ -73,13 +86,20 @@ class PricingStage:
         self._warned: set[tuple[str, str]] = set()
         self._volume: dict[tuple[str | None, str | None, str], VolumeMeter] = {}
         self._lock = threading.Lock()
+        self._rate_pairs: dict[tuple[str, str], tuple[Decimal, Decimal] | None] = {}
 
     # -- public API -----------------------------------------------------------------
 
     def convert(self, amount: Decimal, from_ccy: str, to_ccy: str) -> Decimal:
         """Convert between currencies with the configured fixed rates."""
-        return convert_currency(amount, from_ccy, to_ccy, reporting_currency=self.settings.currency,
-                                exchange_rates=self.settings.exchange_rates)
+        key = (from_ccy, to_ccy)
+        try:
+            pair = self._rate_pairs[key]
+        except KeyError:  # budgets convert every call's cost: resolve a currency pair once
+            pair = _rate_pair(from_ccy, to_ccy, self.settings.currency, self.settings.exchange_rates)
+            if len(self._rate_pairs) < 256:
+                self._rate_pairs[key] = pair
+        return _apply(amount, pair)
 
     def to_reporting(self, amount: Decimal, currency: str) -> Decimal:
         return self.convert(amount, currency, self.settings.currency)
@@ -106,7 +126,7 @@ class PricingStage:
         if not isinstance(tokens, TokenUsage):
             raise TypeError(f"record.tokens is {type(tokens).__name__}, not TokenUsage")
 
-        for name in names:
+        for name in names if self.hourly.configured else ():
             hourly = self.hourly.touch(record.provider, name)
             if hourly is not None:
                 # Runtime is billed by the hour meter; the call itself adds nothing.
