@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from opentelemetry import context, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from .. import _names as N
@@ -477,13 +478,13 @@ class CallHandler:
         return self.finish_result(inv, result)
 
 
-def _enter_call(inv: Invocation) -> tuple[Token[Invocation | None], object]:
+def _enter_call(inv: Invocation) -> tuple[Token[Invocation | None], Token[Context]]:
     """Around the SDK call: our span is current and nested patched calls pass through. Plain
     attach/detach rather than ``use_span``: this runs on every call, a generator-based context
     manager costs more than the two context-variable writes it wraps."""
     return _in_call.set(inv), context.attach(trace.set_span_in_context(inv.span))
 
 
-def _exit_call(tokens: tuple[Token[Invocation | None], object]) -> None:
-    context.detach(tokens[1])  # type: ignore[arg-type]
+def _exit_call(tokens: tuple[Token[Invocation | None], Token[Context]]) -> None:
+    context.detach(tokens[1])
     _in_call.reset(tokens[0])
