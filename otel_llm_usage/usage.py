@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ __all__ = [
 # A single response never legitimately reports more than this; larger values are
 # treated as corrupt rather than allowed to blow a budget or a counter.
 MAX_TOKENS_PER_CALL = 10**9
+
+# CJK ideographs and punctuation, Hangul, compatibility ideographs: ~1.5 characters a token.
+_NOT_CJK = re.compile("[^\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 
 
 def read_field(obj: Any, *path: str) -> Any:
@@ -215,8 +219,9 @@ def count_text(text: str) -> tuple[int, int]:
     """(non-CJK chars, CJK chars) of ``text``, for :func:`estimate_tokens`."""
     if text.isascii():  # the common case, answered in C without walking the string
         return len(text), 0
-    cjk = sum(1 for ch in text
-              if "\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff")
+    # One regex pass in C: a loop over the characters in Python costs ~40 ns each, which for a
+    # long Chinese prompt (the estimate runs before every budgeted call) is ~100 µs per call.
+    cjk = len(_NOT_CJK.sub("", text))
     return len(text) - cjk, cjk
 
 

@@ -83,3 +83,20 @@ def test_provider_from_endpoint(host, port, path, expected):
 def test_provider_overrides_win():
     assert provider_from_endpoint("gw", 8080, "/v1", overrides={"gw:8080": "openai"}) == "openai"
     assert provider_from_endpoint("gw", 9090, "/v1", overrides={"gw": "deepseek"}) == "deepseek"
+
+
+_CJK_RANGES = (("\u2e80", "\u9fff"), ("\uac00", "\ud7af"), ("\uf900", "\ufaff"))
+# Inside and just outside each range, plus ordinary CJK, Hangul and half-width text.
+_EDGES = "你好，世界。한국어ｱ" + "".join(lo + hi + chr(ord(lo) - 1) + chr(ord(hi) + 1) for lo, hi in _CJK_RANGES)
+
+
+def _count_by_definition(text: str) -> tuple[int, int]:
+    cjk = sum(1 for ch in text if any(lo <= ch <= hi for lo, hi in _CJK_RANGES))
+    return len(text) - cjk, cjk
+
+
+@given(st.text(alphabet=st.one_of(st.characters(), st.sampled_from(_EDGES))))
+def test_count_text_counts_cjk_like_its_definition(text: str) -> None:
+    from otel_llm_usage.usage import count_text
+
+    assert count_text(text) == _count_by_definition(text)
