@@ -524,15 +524,20 @@ def test_cached_never_costs_more(entry: PriceEntry, inp: int, cached_frac: float
     assert compute_cost(entry, tok(inp, out, cached=cached)) <= compute_cost(entry, tok(inp, out))
 
 
-@settings(max_examples=500, database=None, deadline=None)
-@given(entry=st.sampled_from(PRICEABLE), inp=st.integers(0, 3_000_000), cached=st.integers(0, 3_000_000),
+_TIER_BOUNDS = sorted({b + d for e in PRICEABLE for t in e.tiers if (b := t.max_input_tokens) for d in (-1, 0, 1)})
+
+
+@settings(max_examples=800, database=None, deadline=None)
+@given(entry=st.sampled_from(PRICEABLE),
+       inp=st.one_of(st.integers(0, 3_000_000), st.sampled_from(_TIER_BOUNDS)), cached=st.integers(0, 3_000_000),
        write=st.integers(0, 3_000_000), out=st.integers(0, 500_000), reasoning=st.integers(0, 500_000),
-       batch=st.booleans())
+       batch=st.booleans(), thinking=st.sampled_from([None, True, False, "true", "0"]))
 def test_integer_fast_path_gives_the_reference_decimal(
-    entry: PriceEntry, inp: int, cached: int, write: int, out: int, reasoning: int, batch: bool,
+    entry: PriceEntry, inp: int, cached: int, write: int, out: int, reasoning: int, batch: bool, thinking: Any,
 ) -> None:
-    """compute_cost's integer form of flat prices must equal the Decimal rules exactly, exponent
-    included (the ledger stores the string), for every bundled and hand-made entry."""
+    """compute_cost prices in integers; it must equal the Decimal rules exactly, exponent included
+    (the ledger stores the string), for every bundled and hand-made entry: tiers at and around their
+    bounds, thinking prices, batch discounts, cache buckets."""
     from otel_llm_usage.pricing.compute import (
         apply_batch,
         price_buckets,
@@ -543,7 +548,9 @@ def test_integer_fast_path_gives_the_reference_decimal(
 
     tokens = TokenUsage(input_tokens=inp, output_tokens=out, cached_input_tokens=cached,
                         cache_write_tokens=write, reasoning_tokens=min(reasoning, out))
-    params = {"batch": batch}
+    params: dict[str, Any] = {"batch": batch}
+    if thinking is not None:
+        params["enable_thinking"] = thinking
     if entry.volume is not None and not entry.tiers and entry.input is None:
         return  # priced by VolumeMeter, outside the fast path
     if entry.is_free:

@@ -142,7 +142,10 @@ def _derived(explicit: Decimal | None, ratio: Decimal | None, base: Decimal) -> 
 
 def rates_for(entry: PriceEntry, input_tokens: int) -> Rates:
     """Resolve the prices that apply to a call with ``input_tokens`` of input (tier selection)."""
-    source: PriceEntry | PriceTier = _select_tier(entry.tiers, input_tokens) if entry.tiers else entry
+    return _rates_of(entry, _select_tier(entry.tiers, input_tokens) if entry.tiers else entry)
+
+
+def _rates_of(entry: PriceEntry, source: PriceEntry | PriceTier) -> Rates:
     inp = source.input if source.input is not None else ZERO
     out = source.output if source.output is not None else ZERO
     return Rates(
@@ -181,32 +184,27 @@ def apply_batch(entry: PriceEntry, cost: Decimal, request_params: Mapping[str, A
 
 
 class _Linear:
-    """A flat entry's per-1M rates as integers over ``10**scale``: its cost is one integer sum.
+    """One set of per-1M rates as integers over ``10**scale``: a call's cost is one integer sum.
 
-    Most calls hit a flat price (no tiers, volume, thinking price or batch request), and ``Decimal``
-    arithmetic in a 50-digit context is the bulk of pricing one. The integer form gives the very
-    same ``Decimal`` (value *and* exponent, so stored strings do not change): ``price_buckets``
-    divides exactly by 1,000,000 and keeps the ideal exponent, the smallest of the rates'.
+    ``Decimal`` arithmetic in a 50-digit context is most of the cost of pricing a call. The integer
+    form gives the very same ``Decimal`` (value *and* exponent, so stored strings do not change):
+    ``price_buckets`` divides exactly by 1,000,000 and keeps the ideal exponent, the smallest of
+    the rates'.
     """
 
-    __slots__ = ("cached", "embedding", "free", "ideal_exponent", "output", "scale", "uncached", "write")
+    __slots__ = ("cached", "embedding", "ideal_exponent", "output", "scale", "uncached", "write")
 
-    def __init__(self, entry: PriceEntry, rates: Rates | None) -> None:
-        self.free = rates is None
-        self.embedding = entry.kind == "embedding"
-        values = [] if rates is None else (
-            [rates.input] if self.embedding else [rates.input, rates.cached_input, rates.cache_write, rates.output])
+    def __init__(self, rates: Rates, output: Decimal, embedding: bool) -> None:
+        self.embedding = embedding
+        values = [rates.input] if embedding else [rates.input, rates.cached_input, rates.cache_write, output]
         exponents = [int(v.as_tuple().exponent) for v in values]
-        self.ideal_exponent = min(exponents, default=0)
+        self.ideal_exponent = min(exponents)
         self.scale = max(0, -self.ideal_exponent)
-        scaled = [int(v.scaleb(self.scale, DECIMAL_CONTEXT)) for v in values] + [0, 0, 0, 0]
-        self.uncached, self.cached, self.write, self.output = scaled[:4]
-        if self.embedding:
-            self.cached = self.write = self.uncached
+        scaled = [int(v.scaleb(self.scale, DECIMAL_CONTEXT)) for v in values]
+        self.uncached = scaled[0]
+        self.cached, self.write, self.output = (scaled[0], scaled[0], 0) if embedding else scaled[1:]
 
     def cost(self, tokens: TokenUsage) -> Decimal:
-        if self.free:
-            return ZERO
         inp = max(0, int(tokens.input_tokens))
         cached = min(max(0, int(tokens.cached_input_tokens)), inp)
         write = min(max(0, int(tokens.cache_write_tokens)), inp - cached)
@@ -222,37 +220,58 @@ class _Linear:
         return Decimal(f"{total}E{exponent}")
 
 
-_LINEAR: dict[int, tuple[PriceEntry, _Linear | None]] = {}
-_LINEAR_MAX = 4096
+class _Tier:
+    """One request-length tier (or the flat price): its rates and their integer forms."""
+
+    __slots__ = ("max_input_tokens", "plain", "rates", "thinking")
+
+    def __init__(self, entry: PriceEntry, source: PriceEntry | PriceTier) -> None:
+        embedding = entry.kind == "embedding"
+        self.max_input_tokens = source.max_input_tokens if isinstance(source, PriceTier) else None
+        self.rates = rates = _rates_of(entry, source)
+        self.plain = _Linear(rates, rates.output, embedding)
+        self.thinking = None if rates.thinking_output is None else _Linear(rates, rates.thinking_output, embedding)
 
 
-def _linear(entry: PriceEntry) -> _Linear | None:
-    """The entry's integer form, or ``None`` when its price depends on the call beyond token counts."""
-    cached = _LINEAR.get(id(entry))
-    if cached is not None and cached[0] is entry:
-        return cached[1]
-    linear = None
-    if entry.is_free:
-        linear = _Linear(entry, None)
-    elif not entry.tiers and entry.volume is None and entry.thinking_output is None:
-        linear = _Linear(entry, rates_for(entry, 0))
-    if len(_LINEAR) >= _LINEAR_MAX:
-        _LINEAR.clear()
-    _LINEAR[id(entry)] = (entry, linear)
-    return linear
+class _Compiled:
+    """What ``compute_cost`` needs of an entry, worked out once: free, or its tiers (``None`` for
+    volume-priced entries, which keep the general path)."""
+
+    __slots__ = ("entry", "free", "tiers")
+
+    def __init__(self, entry: PriceEntry) -> None:
+        self.entry = entry  # holds id(entry), the cache key, against reuse
+        self.free = entry.is_free
+        volume_only = entry.volume is not None and not entry.tiers and entry.input is None
+        sources: list[PriceEntry | PriceTier] = [*entry.tiers] if entry.tiers else [entry]
+        self.tiers = None if self.free or volume_only else [_Tier(entry, s) for s in sources]
+
+
+_COMPILED: dict[int, _Compiled] = {}
+_COMPILED_MAX = 4096
+
+
+def _compiled(entry: PriceEntry) -> _Compiled:
+    compiled = _COMPILED.get(id(entry))
+    if compiled is None or compiled.entry is not entry:
+        compiled = _Compiled(entry)
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[id(entry)] = compiled
+    return compiled
 
 
 def flat_rates(entry: PriceEntry) -> tuple[Decimal, Decimal] | None:
     """(input, output) prices per 1M tokens when every call costs ``tokens x rate`` (no tiers, volume
     tiers or thinking price; a batch discount is ignored, so batch calls get an upper bound), else
     ``None``. Budget reservations price their estimate with it instead of :func:`compute_cost`."""
-    linear = _linear(entry)
-    if linear is None:
-        return None
-    if linear.free:
+    compiled = _compiled(entry)
+    if compiled.free:
         return ZERO, ZERO
-    rates = rates_for(entry, 0)
-    return rates.input, ZERO if linear.embedding else rates.output
+    if compiled.tiers is None or len(compiled.tiers) != 1 or compiled.tiers[0].thinking is not None:
+        return None
+    rates = compiled.tiers[0].rates
+    return rates.input, ZERO if entry.kind == "embedding" else rates.output
 
 
 def compute_cost(entry: PriceEntry, tokens: TokenUsage,
@@ -263,25 +282,37 @@ def compute_cost(entry: PriceEntry, tokens: TokenUsage,
     :class:`otel_llm_usage.pricing.volume.VolumeMeter`; here they are priced at their first
     (lowest-volume) tier, which is what a stateless caller (e.g. ``prices estimate``) can know.
     """
-    linear = _linear(entry)
-    if linear is not None and (entry.batch_discount is None or not request_params
-                               or not request_params.get("batch")):
-        return linear.cost(tokens)
-    if entry.is_free:
+    compiled = _compiled(entry)
+    if compiled.free:
         return Decimal(0)
-    buckets = split_tokens(tokens)
-    thinking = thinking_mode(tokens, request_params)
-    if entry.volume is not None and not entry.tiers and entry.input is None:
-        first = entry.volume.tiers[0]
-        rates = Rates(
-            input=first.input or ZERO,
-            output=first.output or ZERO,
-            cached_input=_derived(first.cached_input, entry.cached_input_ratio, first.input or ZERO),
-            cache_write=_derived(first.cache_write, entry.cache_write_ratio, first.input or ZERO),
-            thinking_output=first.thinking_output,
-        )
-    else:
-        total_input = buckets.uncached_input + buckets.cached_input + buckets.cache_write
-        rates = rates_for(entry, total_input)
-    cost = price_buckets(rates, buckets, thinking=thinking, embedding=entry.kind == "embedding")
+    tiers = compiled.tiers
+    if tiers is not None:
+        tier = tiers[-1]  # longer than every bounded tier: billed at the top one (see _select_tier)
+        if len(tiers) == 1:
+            tier = tiers[0]
+        else:
+            total_input = max(0, int(tokens.input_tokens))
+            for candidate in tiers:
+                if candidate.max_input_tokens is None or total_input <= candidate.max_input_tokens:
+                    tier = candidate
+                    break
+        linear = tier.plain
+        if tier.thinking is not None and thinking_mode(tokens, request_params):
+            linear = tier.thinking
+        return apply_batch(entry, linear.cost(tokens), request_params)
+    return _first_volume_tier_cost(entry, tokens, request_params)
+
+
+def _first_volume_tier_cost(entry: PriceEntry, tokens: TokenUsage, request_params: Mapping[str, Any] | None) -> Decimal:
+    assert entry.volume is not None  # _Compiled leaves tiers unset only for volume-priced entries
+    first = entry.volume.tiers[0]
+    rates = Rates(
+        input=first.input or ZERO,
+        output=first.output or ZERO,
+        cached_input=_derived(first.cached_input, entry.cached_input_ratio, first.input or ZERO),
+        cache_write=_derived(first.cache_write, entry.cache_write_ratio, first.input or ZERO),
+        thinking_output=first.thinking_output,
+    )
+    cost = price_buckets(rates, split_tokens(tokens), thinking=thinking_mode(tokens, request_params),
+                         embedding=entry.kind == "embedding")
     return apply_batch(entry, cost, request_params)
