@@ -23,7 +23,6 @@ model to use instead.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import weakref
@@ -31,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from ._fork import reset_after_fork
 from ._guard import internal_error
 from .errors import BudgetExceeded
 from .usage import UsageRecord
@@ -161,18 +161,6 @@ class _Deferred:
         self.thread = None
 
 
-_deferred_states: weakref.WeakSet[_Deferred] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for state in list(_deferred_states):
-        state.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _stop_deferred(state: _Deferred) -> None:
     try:
         state.stop()
@@ -186,7 +174,7 @@ class Pipeline:
         self.stages: list[Stage] = list(stages or [])
         self._clock = clock
         self._deferred = state = _Deferred(list(deferred or []), idle_wait)
-        _deferred_states.add(state)
+        reset_after_fork(state)
         # At interpreter exit (newest first: before the ledger writer created earlier flushes)
         # or when the pipeline is collected, the queue is drained and the worker stopped.
         self._finalizer = weakref.finalize(self, _stop_deferred, state)

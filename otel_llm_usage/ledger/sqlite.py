@@ -51,12 +51,12 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from .._fork import reset_after_fork
 from ..errors import ConfigError
 from ..usage import UsageRecord
 from . import _counting as counting
@@ -138,7 +138,7 @@ class SqliteDatabase:
                 self._connection()
         except sqlite3.OperationalError:
             pass  # locked or read-only right now: operations retry and raise, callers degrade
-        _databases.add(self)
+        reset_after_fork(self)
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -225,18 +225,8 @@ class SqliteDatabase:
                 self._conn = None
 
 
-_databases: weakref.WeakSet[SqliteDatabase] = weakref.WeakSet()
 # Connections a forked child inherited: kept referenced so garbage collection never closes them.
 _inherited_connections: list[sqlite3.Connection] = []
-
-
-def _after_fork_in_child() -> None:
-    for db in list(_databases):
-        db.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _open(path: str | os.PathLike[str] | SqliteDatabase, busy_timeout: float,

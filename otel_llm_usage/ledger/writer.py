@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import queue
 import threading
 import time
@@ -51,6 +50,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 
+from .._fork import reset_after_fork
 from .._guard import internal_error
 from ..usage import UsageRecord
 from .base import RecordStore
@@ -247,18 +247,6 @@ class _State:
             self.markers.popleft().done.set()
 
 
-_states: weakref.WeakSet[_State] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for state in list(_states):
-        state.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _shutdown(state: _State, timeout: float) -> None:
     """Exit hook and garbage-collection hook (must not reference the ``LedgerWriter``)."""
     try:
@@ -283,7 +271,7 @@ class LedgerWriter:
         self._batch_size = state.batch_size
         self._max_buffer = state.max_buffer
         state.start()
-        _states.add(state)
+        reset_after_fork(state)
         # Runs at interpreter exit (atexit) or when this writer is collected, whichever is first;
         # holds only the state, so registering does not keep the writer alive.
         self._finalizer = weakref.finalize(self, _shutdown, state, close_timeout)
