@@ -12,7 +12,8 @@ import hashlib
 import hmac
 import threading
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter_provider
 
@@ -28,6 +29,21 @@ _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12,
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 _ATTR_CACHE_MAX = 20_000
 _LABEL_CACHE_MAX = 4096  # its entries are the largest; high-cardinality users mostly fold into overflow
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _memo(cache: dict[_K, _V], key: _K, build: Callable[[], _V], limit: int) -> _V:
+    """``cache[key]``, built on first use; past ``limit`` entries the cache starts over (bounded
+    memory under high cardinality; a rebuilt entry is equal to the dropped one)."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= limit:
+            cache.clear()
+        value = cache[key] = build()
+    return value
 
 
 def put_present(attrs: dict[str, Any], pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
@@ -191,25 +207,16 @@ class Telemetry:
     def _labels_of(self, record: UsageRecord) -> tuple[dict[str, Any], tuple[Any, ...]]:
         """Base labels and their key, remembered per raw attribution: a raw value's label never
         changes once the cap has decided it (admitted values stay admitted, overflow stays overflow)."""
-        raw = (record.provider, record.model, record.function, record.user, record.session, record.anchor)
-        hit = self._label_cache.get(raw)
-        if hit is None:
+        def build() -> tuple[dict[str, Any], tuple[Any, ...]]:
             base = self._base_labels(record)
-            hit = (base, tuple(base.values()))
-            if len(self._label_cache) >= _LABEL_CACHE_MAX:
-                self._label_cache.clear()
-            self._label_cache[raw] = hit
-        return hit
+            return base, tuple(base.values())
 
-    def _cached(self, key: tuple[Any, ...], build: Any) -> dict[str, Any]:
+        raw = (record.provider, record.model, record.function, record.user, record.session, record.anchor)
+        return _memo(self._label_cache, raw, build, _LABEL_CACHE_MAX)
+
+    def _cached(self, key: tuple[Any, ...], build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         # Reusing attribute dicts avoids per-call dict churn on the hot path.
-        attrs = self._attr_cache.get(key)
-        if attrs is None:
-            if len(self._attr_cache) >= _ATTR_CACHE_MAX:
-                self._attr_cache.clear()
-            attrs = build()
-            self._attr_cache[key] = attrs
-        return attrs
+        return _memo(self._attr_cache, key, build, _ATTR_CACHE_MAX)
 
     def record(self, record: UsageRecord) -> None:
         base, base_key = self._labels_of(record)
@@ -219,7 +226,8 @@ class Telemetry:
         for token_type, count in billable_breakdown(record.tokens).items():
             if count > 0:
                 key = ("tok", *base_key, token_type)
-                self.tokens.add(key, self._cached(key, lambda t=token_type: {**base, "token_type": t}), count)
+                attrs = self._cached(key, partial(dict, base, token_type=token_type))
+                self.tokens.add(key, attrs, count)
         if record.cost is not None:
             currency = record.currency or "unknown"
             key = ("cost", *base_key, currency)
@@ -231,18 +239,15 @@ class Telemetry:
     def _semconv_sets(self, record: UsageRecord) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """The histograms' attribute sets (operation, input tokens, output tokens), built once per
         identity; the SDK copies what it keeps, so sharing the dicts is safe."""
-        key = ("semconv", record.operation, record.provider, record.request_model, record.response_model,
-               record.server_address, record.server_port, record.error_type)
-        sets = self._semconv_cache.get(key)
-        if sets is None:
+        def build() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
             attrs = semconv_attributes(record)
             if record.error_type:
                 attrs[N.ERROR_TYPE] = record.error_type
-            sets = (attrs, {**attrs, N.GEN_AI_TOKEN_TYPE: "input"}, {**attrs, N.GEN_AI_TOKEN_TYPE: "output"})
-            if len(self._semconv_cache) >= _ATTR_CACHE_MAX:
-                self._semconv_cache.clear()
-            self._semconv_cache[key] = sets
-        return sets
+            return attrs, {**attrs, N.GEN_AI_TOKEN_TYPE: "input"}, {**attrs, N.GEN_AI_TOKEN_TYPE: "output"}
+
+        key = (record.operation, record.provider, record.request_model, record.response_model,
+               record.server_address, record.server_port, record.error_type)
+        return _memo(self._semconv_cache, key, build, _ATTR_CACHE_MAX)
 
     def _record_semconv(self, record: UsageRecord) -> None:
         if record.status == "blocked":
