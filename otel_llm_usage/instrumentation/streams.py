@@ -90,7 +90,9 @@ class _ClosingResponse(_Proxy):
 def _chunks(inv: Invocation, it: Iterator[Any]) -> Iterator[Any]:
     """The per-chunk hot path of every sync stream. A generator, because resuming its frame costs
     less per chunk than a ``__next__`` call through the proxy type, and the per-stream lookups
-    happen once. It holds no reference to the proxy, so an abandoned proxy is freed at once."""
+    happen once. It holds no reference to the proxy, so an abandoned proxy is freed at once.
+    ``_on_chunk``'s two steps are written out here rather than called: a call per chunk is a
+    measurable part of the ~1.5 µs per-chunk budget (the async proxy calls it)."""
     on_chunk = inv.adapter.on_chunk
     try:
         for chunk in it:
