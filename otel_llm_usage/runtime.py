@@ -40,7 +40,7 @@ from .ledger.counters_memory import MemoryCounterStore
 from .ledger.sqlite import SqliteCounterStore
 from .ledger.writer import LedgerWriter
 from .pipeline import Pipeline
-from .pricing import PricingStage
+from .pricing import PriceEntry, PricingStage
 from .reports import CostConverter, breakdown
 from .telemetry import Telemetry
 from .usage import TokenUsage, UsageRecord
@@ -183,25 +183,29 @@ class Runtime:
             N.METRIC_HOURLY_COST, [observe],
             description="Accrued runtime cost of hourly-billed (self-hosted) models, in their currency.")
 
-    def _estimate_cost(self, record: UsageRecord, tokens: TokenUsage) -> tuple[Decimal, str] | None:
-        from .pricing import compute_cost
-
+    def _priced_entry(self, record: UsageRecord) -> tuple[PriceEntry, str] | None:
+        """The catalog entry that prices a budgeted call before it is sent, and its currency."""
         stage = self.pricer.stage
         entry = stage.catalog.lookup(record.provider, record.model, record.server_address)
         if entry is None or not entry.is_priced:
             return None
-        return compute_cost(entry, tokens, record.request_params), entry.currency or stage.settings.currency
+        return entry, entry.currency or stage.settings.currency
+
+    def _estimate_cost(self, record: UsageRecord, tokens: TokenUsage) -> tuple[Decimal, str] | None:
+        from .pricing import compute_cost
+
+        priced = self._priced_entry(record)
+        return None if priced is None else (compute_cost(priced[0], tokens, record.request_params), priced[1])
 
     def _flat_rates(self, record: UsageRecord) -> tuple[Decimal, Decimal, str] | None:
         """Per-1M (input, output) prices and currency when the call's price is flat; zero if unpriced."""
         from .pricing.compute import ZERO, flat_rates
 
-        stage = self.pricer.stage
-        entry = stage.catalog.lookup(record.provider, record.model, record.server_address)
-        if entry is None or not entry.is_priced:
-            return ZERO, ZERO, stage.settings.currency  # what _estimate_cost's None amounts to
-        rates = flat_rates(entry)
-        return None if rates is None else (*rates, entry.currency or stage.settings.currency)
+        priced = self._priced_entry(record)
+        if priced is None:
+            return ZERO, ZERO, self.pricer.stage.settings.currency  # what _estimate_cost's None amounts to
+        rates = flat_rates(priced[0])
+        return None if rates is None else (*rates, priced[1])
 
     def budget_status(self) -> list[dict[str, Any]]:
         self.pipeline.drain()
