@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -30,6 +29,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import TracerProvider, get_tracer
 
 from . import _names as N
+from ._fork import reset_after_fork
 from ._guard import internal_error
 from .budgets.config import BudgetConfig
 from .budgets.engine import BudgetEngine, BudgetEvent
@@ -157,7 +157,7 @@ class Runtime:
             stream_include_usage=config.stream_include_usage,
             pricer=self.pricer.process,
         )
-        _runtimes.add(self)
+        reset_after_fork(self)
 
     def _retention_loop(self) -> None:
         """Purge records past ``retention_days`` now and then daily, off the calling threads."""
@@ -260,7 +260,7 @@ class Runtime:
         flush = getattr(self.ledger, "flush", None)
         return bool(flush(timeout=timeout_s)) if flush is not None else True
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         """Only the forking thread exists in the child: re-create what the parent's background
         threads may have been holding, and re-arm the refresh thread for the first call."""
         budgets = self.budgets
@@ -297,21 +297,16 @@ class Runtime:
 
 _lock = threading.Lock()
 _active: Runtime | None = None
-_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
+def _new_lock_in_child() -> None:
+    """Another thread may have held the lock at the fork; the child's copy would never be released."""
     global _lock
     _lock = threading.Lock()
-    for runtime in list(_runtimes):
-        try:
-            runtime._after_fork_in_child()
-        except Exception as exc:  # a fork hook must never break the child
-            internal_error("runtime.after_fork", exc)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def build_runtime(config: Config | None = None, tracer_provider: TracerProvider | None = None,
