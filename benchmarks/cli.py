@@ -4,9 +4,9 @@
     python -m benchmarks              # full run, < 10 min on 2 cores
     python -m benchmarks --quick      # tiny counts, < 1 min: the harness works, numbers mean little
 
-Order matters on a small machine: the per-call overhead benchmark runs first, on
-an otherwise idle machine; the throughput and memory benchmarks follow, each in
-a fresh interpreter.
+Order matters on a small machine: the per-call overhead benchmark and its
+breakdown (:mod:`benchmarks.breakdown`) run first, on an otherwise idle machine;
+the throughput and memory benchmarks follow, each in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from otel_llm_usage.testing.redis_server import RedisServer
 
-from . import overhead
+from . import breakdown, overhead
 from .report import evaluate_targets, render_markdown
 from .subproc import run_module
 
@@ -36,6 +36,8 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 
 # (ledger records, memory calls, contention seconds) per mode
 _SIZES = {"full": (200_000, 1_000_000, 3.0), "quick": (2_000, 20_000, 0.3)}
+# (blocks, calls per block) of each breakdown step
+_BREAKDOWN = {"full": (20, 400), "quick": (2, 20)}
 
 
 def _cpu_model() -> str:
@@ -92,6 +94,9 @@ def run_all(quick: bool) -> dict[str, Any]:
                                    server.openai_base_url, log=_log)
         result["overhead"] = {"variants": oh.variants, "surfaces": oh.surfaces, "counts": oh.counts,
                               "seconds": oh.seconds}
+
+        _log("where the added latency goes ...")
+        result["breakdown"] = breakdown.run_breakdown(*_BREAKDOWN[mode])
 
         _log("stream proxy per chunk ...")
         result["chunk"] = run_module("benchmarks.chunk_bench", ["--repeats", "20" if quick else "400"],

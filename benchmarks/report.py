@@ -8,7 +8,7 @@ from typing import Any
 
 from .surfaces import SURFACE_INFO
 
-__all__ = ["evaluate_targets", "render_markdown"]
+__all__ = ["breakdown_lines", "evaluate_targets", "render_markdown"]
 
 #: the variant the targets are judged on: spans + metrics + pricing + an in-memory budget
 OURS_FULL = "ours_budgets"
@@ -146,6 +146,36 @@ def _results_table(title: str, columns: list[str], results: dict[str, dict[str, 
     return [*lines, ""]
 
 
+def breakdown_lines(breakdown: dict[str, Any]) -> list[str]:
+    """The step table of :mod:`benchmarks.breakdown`, each step against the official instrumentation."""
+    from .breakdown import STEPS
+
+    steps = breakdown.get("steps", {})
+    official = steps.get("official", {}).get("added_us")
+    official_all = steps.get("official", {}).get("added_all_work_us")
+    lines = [f"## Where the added latency goes (OpenAI chat, non-stream; one process per step, "
+             f"{breakdown.get('blocks')} × 2 blocks of {breakdown.get('calls')} calls)", "",
+             "| step | added µs, median | over the step before | × official | added µs, all work | × official | "
+             "switched on |", "|---|---:|---:|---:|---:|---:|---|"]
+    before = None
+    for name, what in STEPS.items():
+        r = steps.get(name, {"error": "not run"})
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error']} | | | | | {what} |")
+            continue
+        added = r["added_us"]
+        step = f"{added - before:+.1f}" if before is not None and name != "official" else ""
+        ratio = f"{added / official:.2f}" if official else "–"
+        all_work = r["added_all_work_us"]
+        ratio_all = f"{all_work / official_all:.2f}" if official_all else "–"
+        lines.append(f"| {name} | {added:.1f} | {step} | {ratio} | {all_work:.1f} | {ratio_all} | {what} |")
+        before = added
+    lines += ["", "Median: latency on the calling thread. All work: adds what the pipeline's worker thread did "
+              "for those calls after they returned (metrics, budget settlement, the ledger), which a host "
+              "without idle time pays in throughput; where calls wait on the network, it runs meanwhile."]
+    return [*lines, ""]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     env = result.get("environment", {})
     lines = [f"# otel-llm-usage benchmarks ({result.get('mode')} mode)", "",
@@ -157,6 +187,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         verdict = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
         lines.append(f"| {t['name']} | {t['measured'] or '–'} | {verdict} |")
     lines += ["", "## Per-call overhead", "", *_overhead_tables(result)]
+    if "breakdown" in result:
+        lines += breakdown_lines(result["breakdown"])
 
     lines += _results_table(
         "## Ledger ingest (LedgerWriter, batch 500)",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PEER_PATH_ENV", "VARIANTS", "Variant", "availability", "setup_variant"]
+__all__ = ["PEER_PATH_ENV", "VARIANTS", "Variant", "availability", "module_available", "setup_ours", "setup_variant"]
 
 # Optional extra sys.path entry for the peer workers only (peers installed with ``pip --target``
 # somewhere else, so their entry points do not load into every ``opentelemetry-instrument`` run).
@@ -59,7 +59,7 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 
-def _module_available(module: str, extra_path: str | None) -> bool:
+def module_available(module: str, extra_path: str | None) -> bool:
     import sys
 
     if extra_path and extra_path not in sys.path:
@@ -72,7 +72,7 @@ def _module_available(module: str, extra_path: str | None) -> bool:
 
 def availability(variant: Variant, redis_url: str | None) -> str | None:
     """``None`` when the variant can run here, else the reason it cannot (shown in the report)."""
-    if variant.requires and not _module_available(variant.requires, os.environ.get(PEER_PATH_ENV)):
+    if variant.requires and not module_available(variant.requires, os.environ.get(PEER_PATH_ENV)):
         return f"not installed ({variant.requires} not importable; `pip install -e .[bench]`)"
     if "redis" in variant.needs and redis_url is None:
         return "redis-server not found on PATH"
@@ -149,11 +149,13 @@ def _dashscope_patched() -> bool:
     return hasattr(vars(Generation).get("call"), "__wrapped__")
 
 
-def _setup_ours(name: str, redis_url: str | None) -> tuple[Callable[[], None], dict[str, Any]]:
+def setup_ours(name: str, redis_url: str | None, providers: tuple[Any, Any] | None = None,
+               ) -> tuple[Callable[[], None], dict[str, Any]]:
+    """Our variant ``name``; ``providers`` (tracer, meter) replaces the SDK pair, e.g. with no-op ones."""
     from otel_llm_usage.instrumentor import LLMUsageInstrumentor
 
     tmpdir = tempfile.mkdtemp(prefix="bench-ledger-")
-    tracer_provider, meter_provider = _providers()
+    tracer_provider, meter_provider = providers or _providers()
     instrumentor = LLMUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
                             config=ours_config(name, redis_url, tmpdir))
@@ -163,7 +165,8 @@ def _setup_ours(name: str, redis_url: str | None) -> tuple[Callable[[], None], d
 
     def teardown() -> None:
         instrumentor.uninstrument()
-        meter_provider.shutdown()
+        if hasattr(meter_provider, "shutdown"):
+            meter_provider.shutdown()
         shutil.rmtree(tmpdir, ignore_errors=True)
 
     return teardown, info
@@ -223,7 +226,7 @@ def setup_variant(name: str, redis_url: str | None) -> tuple[Callable[[], None],
     if name == "plain":
         return (lambda: None), {}
     if name.startswith("ours"):
-        return _setup_ours(name, redis_url)
+        return setup_ours(name, redis_url)
     if name == "otel_openai_v2":
         return _setup_otel_peer("opentelemetry.instrumentation.openai_v2")
     if name == "otel_genai_openai":

@@ -47,12 +47,20 @@ def test_quick_run_writes_complete_json_and_markdown(tmp_path: Path) -> None:
             else:
                 assert "unavailable" in cell, (surface, name, cell)
 
+    from benchmarks.breakdown import STEPS
+
+    steps = result["breakdown"]["steps"]
+    assert set(steps) == set(STEPS)
+    for name in ("bare", "spans", "metrics", "budget"):
+        assert steps[name]["n"] > 0 and steps[name]["on_us"] > 0, (name, steps[name])
+    assert "added_us" in steps["official"] or "not installed" in steps["official"]["error"], steps["official"]
     assert "records_per_s" in result["ledger"]["sqlite"], result["ledger"]
     assert "calls_per_s" in result["contention"]["memory"], result["contention"]
     assert len(result["memory"]["rss"]) == 3, result["memory"]
     assert [t["met"] in (True, False, None) for t in result["targets"]] == [True] * 4
     for v in VARIANTS:
         assert v.label in markdown
-    for heading in ("## Targets", "## Per-call overhead", "## Ledger ingest", "## Memory", "## Budget contention"):
+    for heading in ("## Targets", "## Per-call overhead", "## Where the added latency goes", "## Ledger ingest",
+                    "## Memory", "## Budget contention"):
         assert heading in markdown
     assert markdown in proc.stdout

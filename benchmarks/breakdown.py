@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Where the added latency of a non-stream chat call goes: our parts switched on one step at a time.
+
+    python -m benchmarks.breakdown [--blocks 20] [--calls 400]
+
+Each step runs in its own interpreter. Inside it, the instrumentation is installed
+and removed (``instrument()``/``uninstrument()``) for alternating blocks of calls,
+so the instrumented and the plain side share one process, heap and machine state;
+a step's figure is the median of its instrumented calls minus the median of its
+plain ones. The steps use public knobs only (no-op providers, a budget in the
+config), and the official instrumentation goes through the same harness, so the
+ratio between them is like for like.
+
+This answers a question the cross-process table cannot: how much of the added
+latency is the OpenTelemetry SDK's span and histograms, and how much is ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .subproc import emit, run_module
+from .variants import PEER_PATH_ENV
+
+__all__ = ["STEPS", "main", "run_breakdown"]
+
+#: name -> what is switched on in that step
+STEPS: dict[str, str] = {
+    "bare": "ours with no-op tracer and meter providers: our call bookkeeping and pricing",
+    "spans": "+ the SDK tracer provider (spans built and ended)",
+    "metrics": "+ the SDK meter provider: variant `ours`",
+    "budget": "+ one in-memory budget checked before the call: variant `ours_budgets`",
+    "official": "opentelemetry-instrumentation-genai-openai, spans and metrics, same harness",
+}
+
+_OFFICIAL = "opentelemetry.instrumentation.genai.openai"
+_WARMUP = 50
+
+
+def _setup(step: str) -> tuple[Callable[[], None], dict[str, Any]]:
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from .variants import _providers, setup_ours, setup_variant
+
+    if step == "official":
+        return setup_variant("otel_genai_openai", None)
+    tracer_provider, meter_provider = _providers()
+    if step == "bare":
+        tracer_provider = NoOpTracerProvider()
+    if step in ("bare", "spans"):
+        meter_provider = NoOpMeterProvider()
+    return setup_ours("ours_budgets" if step == "budget" else "ours", None, (tracer_provider, meter_provider))
+
+
+def measure(step: str, blocks: int, calls: int) -> dict[str, Any]:
+    """Alternate plain and instrumented blocks of ``calls`` chat calls (order flipped every block).
+
+    Three figures, because part of our work runs on the pipeline's worker thread after the call
+    returns: the median difference is the latency on the calling thread; the "all work" difference
+    adds the time to drain what each block queued (timed, at the block's end) to the block's calls,
+    which is what a host with no idle time pays in throughput. The official instrumentation does
+    everything on the calling thread, so its two figures differ only by noise.
+    """
+    from otel_llm_usage import flush
+
+    from .stats import median
+    from .surfaces import Surfaces
+
+    surfaces = Surfaces(None)
+    unit = surfaces._unit("chat")
+    for _ in range(_WARMUP):
+        unit()
+    clock = time.perf_counter_ns
+    on: list[int] = []
+    off: list[int] = []
+    drained_ns = 0
+    for block in range(blocks):
+        for instrumented in ((True, False) if block % 2 else (False, True)):
+            teardown = None
+            if instrumented:
+                teardown, _ = _setup(step)
+                for _ in range(_WARMUP):  # first-call paths and caches of the fresh runtime
+                    unit()
+                flush()
+            gc.collect()
+            out = on if instrumented else off
+            for _ in range(calls):
+                t0 = clock()
+                unit()
+                out.append(clock() - t0)
+            if teardown is not None:
+                t0 = clock()
+                flush()  # what this block queued is its own cost, not the next plain block's
+                drained_ns += clock() - t0
+                teardown()
+    surfaces.close()
+    return {"added_us": (median(on) - median(off)) / 1e3,
+            "added_all_work_us": ((sum(on) + drained_ns) / len(on) - statistics.fmean(off)) / 1e3,
+            "on_us": median(on) / 1e3, "off_us": median(off) / 1e3, "n": len(on)}
+
+
+def run_breakdown(blocks: int, calls: int) -> dict[str, Any]:
+    """Every step in a fresh interpreter, one after the other; the official one when it is installed."""
+    from .variants import module_available
+
+    steps: dict[str, Any] = {}
+    for step in STEPS:
+        if step == "official" and not module_available(_OFFICIAL, os.environ.get(PEER_PATH_ENV)):
+            steps[step] = {"error": f"not installed ({_OFFICIAL} not importable)"}
+            continue
+        steps[step] = run_module("benchmarks.breakdown", ["--step", step, "--blocks", str(blocks),
+                                                          "--calls", str(calls)], timeout=600)
+    return {"blocks": blocks, "calls": calls, "steps": steps}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.breakdown", description=__doc__.splitlines()[0])
+    parser.add_argument("--step", choices=list(STEPS), help="measure this step here and print it (worker mode)")
+    parser.add_argument("--blocks", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=400)
+    args = parser.parse_args(argv)
+    if args.step:
+        peer_path = os.environ.get(PEER_PATH_ENV)
+        if peer_path and peer_path not in sys.path:
+            sys.path.insert(0, peer_path)
+        emit(measure(args.step, args.blocks, args.calls))
+        return 0
+    from .report import breakdown_lines
+
+    print("\n".join(breakdown_lines(run_breakdown(args.blocks, args.calls))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
