@@ -56,6 +56,7 @@ def record_usage(
         anchor=attribution.anchor,
         usage_source="manual",
     )
+    runtime.pricer.process(record)  # the caller gets the record back priced (the pipeline skips it)
     runtime.pipeline.submit(record)
     return record
 

@@ -134,16 +134,19 @@ class Runtime:
         self.budgets.start(config.budget_check_interval)
         self._meter_provider = meter_provider
         self._tracer_provider = tracer_provider
-        # Only pricing runs on the calling thread (the span carries the cost); settlement, metrics
-        # and the ledger follow on the pipeline's worker, and every reader drains it first.
+        # Pricing, settlement, metrics and the ledger run on the pipeline's worker, and every reader
+        # drains it first. A call whose span records is priced on the calling thread before the span
+        # ends (CallHandler.price_now), so the span carries its cost; one sampled out is not priced
+        # there at all, and the worker's pricing step skips records already priced.
         # SQLite settles on the calling thread: its counters sit behind one process-wide lock, and
         # a worker settling there would make the next call's reservation queue behind it (measured:
-        # slower than settling inline). In memory and on Redis, settlement is deferred.
+        # slower than settling inline). Settlement needs the cost, so pricing comes along.
         settle_inline = isinstance(getattr(self.counters, "primary", self.counters), SqliteCounterStore)
-        inline: list[Any] = [self.pricer, self.budgets] if settle_inline else [self.pricer]
+        priced_and_settled: list[Any] = [self.pricer, self.budgets]
+        inline: list[Any] = priced_and_settled if settle_inline else []
         deferred: list[Any] = [TelemetryStage(self.telemetry), self.ledger]
         if not settle_inline:
-            deferred.insert(0, self.budgets)
+            deferred[:0] = priced_and_settled
         self.pipeline = Pipeline(inline, deferred=deferred, clock=clock)
         self.telemetry.before_collect = self.pipeline.drain
         self.budgets.settle_pending = self.pipeline.drain

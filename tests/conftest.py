@@ -88,9 +88,10 @@ class Otel:
         return sum(v for lbl, v in self.samples(name) if all(lbl.get(k) == val for k, val in labels.items()))
 
 
-def make_otel(server: LoopbackLLMServer, config: Config | None = None, **instrument_kwargs: Any) -> Otel:
+def make_otel(server: LoopbackLLMServer, config: Config | None = None, *, sampler: Any = None,
+              **instrument_kwargs: Any) -> Otel:
     exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     registry = CollectorRegistry()
     reader = PrometheusMetricReader(registry=registry)

@@ -32,6 +32,34 @@ def scenario(text):
     return {"extra_headers": {"X-Loopback-Scenario": text}}
 
 
+def test_a_sampled_out_call_is_still_priced_budgeted_and_counted(llm_server):
+    """Its span is not recorded, so nothing prices it on the calling thread: the pipeline must."""
+    from decimal import Decimal
+
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from otel_llm_usage.config import Config
+    from otel_llm_usage.pricing import compute_cost
+
+    config = Config.model_validate({
+        "provider_hosts": {"127.0.0.1": "openai"}, "pricing": {"exchange_rates": {"USD": "7"}},
+        "budgets": [{"name": "team", "window": "day", "limit": {"cost": 1000}, "action": "block"}]})
+    otel = make_otel(llm_server, config, sampler=ALWAYS_OFF)
+    try:
+        client(llm_server).chat.completions.create(model=MODEL, messages=MSG)
+        assert otel.spans() == []
+        [rec] = otel.records()
+        runtime = otel.instrumentor.runtime
+        entry = runtime.pricer.stage.catalog.lookup("openai", MODEL)
+        assert rec.tokens.total_tokens > 0
+        assert rec.cost == compute_cost(entry, rec.tokens, {}) and rec.cost > 0 and rec.currency == "USD"
+        assert otel.value("llm_usage_cost_total", currency="USD") == pytest.approx(float(rec.cost))
+        [status] = [s for s in runtime.budgets.status() if s["unit"] != "tokens"]
+        assert status["used"] == pytest.approx(rec.cost * Decimal(7), abs=Decimal("1e-9"))
+    finally:
+        close_otel(otel)
+
+
 # --- streaming usage injection ---------------------------------------------------
 
 def test_injected_usage_chunk_is_hidden_and_exact(otel):
