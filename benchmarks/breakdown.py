@@ -5,9 +5,8 @@
 
 Each step runs in its own interpreter. Inside it, the instrumentation is installed
 and removed (``instrument()``/``uninstrument()``) for alternating blocks of calls,
-so the instrumented and the plain side share one process, heap and machine state;
-a step's figure is the median of its instrumented calls minus the median of its
-plain ones. The steps use public knobs only (no-op providers, a budget in the
+so the instrumented and the plain side share one process, heap and machine state
+(see :func:`measure` for the two figures a step gets). The steps use public knobs only (no-op providers, a budget in the
 config), and the official instrumentation goes through the same harness, so the
 ratio between them is like for like.
 
@@ -33,7 +32,7 @@ __all__ = ["STEPS", "main", "run_breakdown"]
 
 #: name -> what is switched on in that step
 STEPS: dict[str, str] = {
-    "bare": "ours with no-op tracer and meter providers: our call bookkeeping and pricing",
+    "bare": "ours with no-op tracer and meter providers: our call bookkeeping (and pricing, on the worker)",
     "spans": "+ the SDK tracer provider (spans built and ended)",
     "metrics": "+ the SDK meter provider: variant `ours`",
     "budget": "+ one in-memory budget checked before the call: variant `ours_budgets`",
@@ -48,11 +47,11 @@ def _setup(step: str) -> tuple[Callable[[], None], dict[str, Any]]:
     from opentelemetry.metrics import NoOpMeterProvider
     from opentelemetry.trace import NoOpTracerProvider
 
-    from .variants import _providers, setup_ours, setup_variant
+    from .variants import sdk_providers, setup_ours, setup_variant
 
     if step == "official":
         return setup_variant("otel_genai_openai", None)
-    tracer_provider, meter_provider = _providers()
+    tracer_provider, meter_provider = sdk_providers()
     if step == "bare":
         tracer_provider = NoOpTracerProvider()
     if step in ("bare", "spans"):

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PEER_PATH_ENV", "VARIANTS", "Variant", "availability", "module_available", "setup_ours", "setup_variant"]
+__all__ = ["PEER_PATH_ENV", "VARIANTS", "Variant", "availability", "module_available", "sdk_providers",
+           "setup_ours", "setup_variant"]
 
 # Optional extra sys.path entry for the peer workers only (peers installed with ``pip --target``
 # somewhere else, so their entry points do not load into every ``opentelemetry-instrument`` run).
@@ -97,7 +98,8 @@ class _DropSpans:
         return True
 
 
-def _providers() -> tuple[Any, Any]:
+def sdk_providers() -> tuple[Any, Any]:
+    """The (tracer, meter) providers every variant that records telemetry gets (see the module doc)."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
@@ -155,7 +157,7 @@ def setup_ours(name: str, redis_url: str | None, providers: tuple[Any, Any] | No
     from otel_llm_usage.instrumentor import LLMUsageInstrumentor
 
     tmpdir = tempfile.mkdtemp(prefix="bench-ledger-")
-    tracer_provider, meter_provider = providers or _providers()
+    tracer_provider, meter_provider = providers or sdk_providers()
     instrumentor = LLMUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
                             config=ours_config(name, redis_url, tmpdir))
@@ -176,7 +178,7 @@ def _setup_otel_peer(module: str) -> tuple[Callable[[], None], dict[str, Any]]:
     from opentelemetry.sdk._logs import LoggerProvider
 
     instrumentor_cls = importlib.import_module(module).OpenAIInstrumentor
-    tracer_provider, meter_provider = _providers()
+    tracer_provider, meter_provider = sdk_providers()
     instrumentor = instrumentor_cls()
     # Content capture stays at its default (off), as ours; a logger provider without processors
     # keeps any events they emit in-process.
@@ -196,7 +198,7 @@ def _setup_openlit() -> tuple[Callable[[], None], dict[str, Any]]:
     import openlit
     from opentelemetry import metrics, trace
 
-    tracer_provider, meter_provider = _providers()
+    tracer_provider, meter_provider = sdk_providers()
     # openlit reuses configured global providers; this worker process is ours alone.
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
