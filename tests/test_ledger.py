@@ -140,6 +140,17 @@ def test_settle_never_leaves_negative_inflight(counters: CounterEnv) -> None:
     assert s.read(["b"], "never-reserved") == (Amount(8, 9), Amount())
 
 
+def test_settle_and_read_returns_the_totals_right_after_its_own_settlement(counters: CounterEnv) -> None:
+    s = counters.store
+    s.add("h1", Amount(400, 10), 60)
+    s.try_reserve(["h1", "h2"], "inf", Amount(50, 5), Limit(), 60)
+    s.try_reserve(["h1", "h2"], "inf", Amount(20, 2), Limit(), 60)
+    # Settles into h2 and releases the first reservation; the totals include what it just added.
+    totals = s.settle_and_read("h2", "inf", Amount(50, 5), Amount(30, 3), 60, ["h1", "h2"])
+    assert totals == (Amount(430, 13), Amount(20, 2))
+    assert s.read(["h1", "h2"], "inf") == totals
+
+
 def test_counters_expire_after_ttl_and_no_ttl_keeps_the_expiry(counters: CounterEnv) -> None:
     s = counters.store
     s.add("short", Amount(5, 5), 1)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .base import Amount, Limit
 
-__all__ = ["CounterView", "add", "read", "reserve", "settle"]
+__all__ = ["CounterView", "add", "read", "reserve", "settle", "settle_and_read"]
 
 
 class CounterView(Protocol):
@@ -50,6 +50,13 @@ def settle(view: CounterView, bucket_key: str, inflight_key: str, reserved: Amou
     left = view.get(inflight_key) - reserved
     view.put(inflight_key, Amount(max(0, left.cost_nanos), max(0, left.tokens)), ttl_s)  # never below zero
     view.put(bucket_key, view.get(bucket_key) + actual, ttl_s)
+
+
+def settle_and_read(view: CounterView, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+                    ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+    """:func:`settle`, then :func:`read` of the totals the budget thresholds need, in one view."""
+    settle(view, bucket_key, inflight_key, reserved, actual, ttl_s)
+    return read(view, used_keys, inflight_key)
 
 
 def add(view: CounterView, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:

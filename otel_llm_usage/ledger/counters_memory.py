@@ -57,6 +57,12 @@ class MemoryCounterStore:
         with self._lock:
             _counting.settle(self._view, bucket_key, inflight_key, reserved, actual, ttl_s)
 
+    def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+        with self._lock:
+            return _counting.settle_and_read(self._view, bucket_key, inflight_key, reserved, actual, ttl_s,
+                                             used_keys)
+
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
         with self._lock:
             _counting.add(self._view, bucket_key, actual, ttl_s)

