@@ -72,15 +72,27 @@ class BudgetEvent:
 
 @dataclass(frozen=True, slots=True)
 class _Admission:
-    """One budget a call must be admitted by, with its counter keys for the current window."""
+    """One budget a call counts against, with its counter keys for the current window."""
 
     budget: BudgetConfig
     scope: str
+    window: Window
     used_keys: list[str]
     bucket: str
     inflight_key: str
     limit: Limit
     ttl_s: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The budgets a call identity matches in the current windows: ``gating`` must admit it before
+    it is sent (every action but ``alert``), ``matched`` (all of them, in config order) settle it."""
+
+    valid_from: float
+    valid_until: float
+    gating: list[_Admission]
+    matched: list[_Admission]
 
 
 @dataclass(slots=True)
@@ -134,8 +146,8 @@ class BudgetEngine:
         self._windows: dict[tuple[str, str], Window] = {}
         self._limits: dict[str, Limit] = {}
         self._key_cache: dict[tuple[str, str, str, str], tuple[list[str], str, str]] = {}
-        # (budgets, {call identity: (valid from, valid until, admissions)}): see _admissions.
-        self._plans: tuple[tuple[BudgetConfig, ...], dict[tuple[Any, ...], tuple[float, float, list[_Admission]]]] \
+        # (budgets, {call identity: plan}): see _plan.
+        self._plans: tuple[tuple[BudgetConfig, ...], dict[tuple[Any, ...], _Plan]] \
             = (budgets, {})
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,34 +217,37 @@ class BudgetEngine:
                     self._instances[key] = budget
 
     # -- before the call ---------------------------------------------------------
-    def _admissions(self, record: UsageRecord, now: float) -> list[_Admission]:
-        """The budgets that must admit this call, and their keys, for the current windows.
+    def _plan(self, record: UsageRecord, now: float) -> _Plan:
+        """The budgets this call counts against, and their keys, for the current windows.
 
-        Runs before every call, so the matching (model globs), scoping and key building are done
-        once per call identity and window rather than per call; the budgets are immutable."""
+        Runs before and after every call, so the matching (model globs), scoping and key building
+        are done once per call identity and window rather than per call; the budgets are immutable."""
         budgets, plans = self._plans
         if budgets is not self.budgets:
             budgets, plans = self._plans = (self.budgets, {})
         identity = (record.provider, record.model, record.function, record.user, record.session, record.anchor)
         plan = plans.get(identity)
-        if plan is not None and plan[0] <= now < plan[1]:
-            return plan[2]
-        admissions: list[_Admission] = []
+        if plan is not None and plan.valid_from <= now < plan.valid_until:
+            return plan
+        matched: list[_Admission] = []
         valid_from, valid_until = float("-inf"), float("inf")
         for budget in budgets:
-            if budget.action == "alert" or not self.matches(budget, record):
+            if not self.matches(budget, record):
                 continue
             scope = self.scope_of(budget, record)
             self._remember(budget, scope)
             window = self._window(budget, now)
             valid_from, valid_until = max(valid_from, window.start), min(valid_until, window.end)
-            used_keys, bucket, inflight_key = self._keys(budget, scope, window)
-            admissions.append(_Admission(budget, scope, used_keys, bucket, inflight_key, self._limit(budget),
-                                         window.ttl_s))
+            matched.append(self._admission(budget, scope, window))
         if len(plans) >= 10_000:
             plans.clear()
-        plans[identity] = (valid_from, valid_until, admissions)
-        return admissions
+        plan = plans[identity] = _Plan(valid_from, valid_until,
+                                       [a for a in matched if a.budget.action != "alert"], matched)
+        return plan
+
+    def _admission(self, budget: BudgetConfig, scope: str, window: Window) -> _Admission:
+        used_keys, bucket, inflight_key = self._keys(budget, scope, window)
+        return _Admission(budget, scope, window, used_keys, bucket, inflight_key, self._limit(budget), window.ttl_s)
 
     def before_call(self, intent: CallIntent) -> str | None:
         if _bypass.get() or not self.budgets:
@@ -241,7 +256,7 @@ class BudgetEngine:
         reservation: Amount | None = None
         new_model: str | None = None
         now = self._clock()
-        for adm in self._admissions(record, now):
+        for adm in self._plan(record, now).gating:
             budget = adm.budget
             if reservation is None or (budget.limit.cost is not None and not reservation.cost_nanos):
                 # Pricing the estimate is the costly part: only budgets with a cost limit need it.
@@ -308,29 +323,32 @@ class BudgetEngine:
         reserved = {(r.budget.name, r.scope): r for r in record.reservations}
         record.reservations.clear()
         now = record.submitted_at if record.submitted_at is not None else self._clock()
+        matched = iter(self._plan(record, now).matched)
+        adm = next(matched, None)
         for budget in self.budgets:
-            held = None
-            if not self.matches(budget, record):
-                # The model may have been downgraded away from this budget's glob: still settle what was held.
-                held = next((r for (name, _), r in reserved.items() if name == budget.name), None)
-                if held is None:
-                    continue
-            scope = held.scope if held else self.scope_of(budget, record)
-            self._remember(budget, scope)
-            window = self._window(budget, now)
-            used_keys, bucket, inflight_key = self._keys(budget, scope, window)
-            held = held or reserved.get((budget.name, scope))
-            fused = getattr(self.store, "settle_and_read", None)
-            if held is not None and fused is not None:
-                # Redis: one round trip for the settlement and the total the thresholds need.
-                used, _ = fused(bucket, held.inflight_key, held.amount, actual, window.ttl_s, used_keys)
+            if adm is not None and adm.budget is budget:
+                self._settle(adm, reserved.get((budget.name, adm.scope)), actual)
+                adm = next(matched, None)
+                continue
+            # The model may have been downgraded away from this budget's glob: still settle what was held.
+            held = next((r for (name, _), r in reserved.items() if name == budget.name), None)
+            if held is not None:
+                self._remember(budget, held.scope)
+                self._settle(self._admission(budget, held.scope, self._window(budget, now)), held, actual)
+
+    def _settle(self, adm: _Admission, held: _Reservation | None, actual: Amount) -> None:
+        """Count ``actual`` (releasing ``held``, the call's reservation) and fire the thresholds it crosses."""
+        fused = getattr(self.store, "settle_and_read", None)
+        if held is not None and fused is not None:
+            # One round trip (Redis) or transaction (SQLite) for the settlement and the new total.
+            used, _ = fused(adm.bucket, held.inflight_key, held.amount, actual, adm.ttl_s, adm.used_keys)
+        else:
+            if held is not None:
+                self.store.settle(adm.bucket, held.inflight_key, held.amount, actual, adm.ttl_s)
             else:
-                if held is not None:
-                    self.store.settle(bucket, held.inflight_key, held.amount, actual, window.ttl_s)
-                else:
-                    self.store.add(bucket, actual, window.ttl_s)
-                used, _ = self.store.read(used_keys, inflight_key)
-            self._thresholds(budget, scope, window, used)
+                self.store.add(adm.bucket, actual, adm.ttl_s)
+            used, _ = self.store.read(adm.used_keys, adm.inflight_key)
+        self._thresholds(adm.budget, adm.scope, adm.window, used)
 
     def _actual(self, record: UsageRecord) -> Amount:
         cost = 0
