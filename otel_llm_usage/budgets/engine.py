@@ -81,7 +81,6 @@ class _Admission:
     bucket: str
     inflight_key: str
     limit: Limit
-    ttl_s: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +246,7 @@ class BudgetEngine:
 
     def _admission(self, budget: BudgetConfig, scope: str, window: Window) -> _Admission:
         used_keys, bucket, inflight_key = self._keys(budget, scope, window)
-        return _Admission(budget, scope, window, used_keys, bucket, inflight_key, self._limit(budget), window.ttl_s)
+        return _Admission(budget, scope, window, used_keys, bucket, inflight_key, self._limit(budget))
 
     def before_call(self, intent: CallIntent) -> str | None:
         if _bypass.get() or not self.budgets:
@@ -262,19 +261,18 @@ class BudgetEngine:
                 # Pricing the estimate is the costly part: only budgets with a cost limit need it.
                 reservation = self._reservation(intent, with_cost=budget.limit.cost is not None)
             admitted, used, inflight = self.store.try_reserve(adm.used_keys, adm.inflight_key, reservation,
-                                                              adm.limit, adm.ttl_s)
+                                                              adm.limit, adm.window.ttl_s)
             if not admitted and self.settle_pending is not None:
                 # Finished calls may still hold reservations larger than their usage.
                 self.settle_pending()
                 admitted, used, inflight = self.store.try_reserve(adm.used_keys, adm.inflight_key, reservation,
-                                                                  adm.limit, adm.ttl_s)
+                                                                  adm.limit, adm.window.ttl_s)
             scope = adm.scope
             if admitted:
                 record.reservations.append(_Reservation(budget, scope, adm.bucket, adm.inflight_key, reservation,
-                                                        adm.ttl_s))
+                                                        adm.window.ttl_s))
                 continue
-            window = self._window(budget, now)
-            event = self._event(budget, scope, window, used + inflight, level=_REFUSAL[budget.action])
+            event = self._event(budget, scope, adm.window, used + inflight, level=_REFUSAL[budget.action])
             if budget.action == "downgrade":
                 new_model = budget.downgrade_to
                 continue
@@ -341,12 +339,12 @@ class BudgetEngine:
         fused = getattr(self.store, "settle_and_read", None)
         if held is not None and fused is not None:
             # One round trip (Redis) or transaction (SQLite) for the settlement and the new total.
-            used, _ = fused(adm.bucket, held.inflight_key, held.amount, actual, adm.ttl_s, adm.used_keys)
+            used, _ = fused(adm.bucket, held.inflight_key, held.amount, actual, adm.window.ttl_s, adm.used_keys)
         else:
             if held is not None:
-                self.store.settle(adm.bucket, held.inflight_key, held.amount, actual, adm.ttl_s)
+                self.store.settle(adm.bucket, held.inflight_key, held.amount, actual, adm.window.ttl_s)
             else:
-                self.store.add(adm.bucket, actual, adm.ttl_s)
+                self.store.add(adm.bucket, actual, adm.window.ttl_s)
             used, _ = self.store.read(adm.used_keys, adm.inflight_key)
         self._thresholds(adm.budget, adm.scope, adm.window, used)
 
