@@ -32,7 +32,7 @@ import decimal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ..usage import TokenUsage
 from .models import PriceEntry, PriceTier
@@ -124,7 +124,16 @@ def is_batch(request_params: Mapping[str, Any] | None) -> bool:
     return bool(_flag((request_params or {}).get("batch")))
 
 
-def _select_tier(tiers: list[PriceTier], input_tokens: int) -> PriceTier:
+class _Bounded(Protocol):
+    @property
+    def max_input_tokens(self) -> int | None: ...
+
+
+_T = TypeVar("_T", bound=_Bounded)
+
+
+def _select_tier(tiers: list[_T], input_tokens: int) -> _T:
+    """The first tier whose bound admits ``input_tokens`` (configured tiers and their compiled forms)."""
     for tier in tiers:
         if tier.max_input_tokens is None or input_tokens <= tier.max_input_tokens:
             return tier
@@ -287,15 +296,7 @@ def compute_cost(entry: PriceEntry, tokens: TokenUsage,
         return Decimal(0)
     tiers = compiled.tiers
     if tiers is not None:
-        tier = tiers[-1]  # longer than every bounded tier: billed at the top one (see _select_tier)
-        if len(tiers) == 1:
-            tier = tiers[0]
-        else:
-            total_input = max(0, int(tokens.input_tokens))
-            for candidate in tiers:
-                if candidate.max_input_tokens is None or total_input <= candidate.max_input_tokens:
-                    tier = candidate
-                    break
+        tier = tiers[0] if len(tiers) == 1 else _select_tier(tiers, max(0, int(tokens.input_tokens)))
         linear = tier.plain
         if tier.thinking is not None and thinking_mode(tokens, request_params):
             linear = tier.thinking
