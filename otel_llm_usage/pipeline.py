@@ -12,9 +12,10 @@ afterwards on one worker thread, so a call returns to the host as soon as its
 span has ended (a span that records is priced before it ends, by the lifecycle).
 Nothing reads stale state because of it: every reader drains the queue first
 (:meth:`Pipeline.drain` is called by metric collection, budget status and
-refusals, ledger queries and flushes), a budget refusal is decided only after everything queued is settled,
-and the reservations stay in flight until their record is settled, so the
-overshoot bound of :mod:`otel_llm_usage.budgets.engine` is unchanged.
+refusals, ledger queries and flushes), a budget refusal is decided only after
+everything queued is settled, and the reservations stay in flight until their
+record is settled, so the overshoot bound of :mod:`otel_llm_usage.budgets.engine`
+is unchanged.
 
 Budgets also get a say *before* a call (:meth:`Pipeline.before_call`): they
 may raise :class:`~otel_llm_usage.errors.BudgetExceeded` or return a cheaper
