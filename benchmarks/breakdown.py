@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .subproc import emit, run_module
-from .variants import PEER_PATH_ENV
+from .variants import use_peer_path
 
 __all__ = ["STEPS", "main", "run_breakdown"]
 
@@ -112,7 +110,7 @@ def run_breakdown(blocks: int, calls: int) -> dict[str, Any]:
 
     steps: dict[str, Any] = {}
     for step in STEPS:
-        if step == "official" and not module_available(_OFFICIAL, os.environ.get(PEER_PATH_ENV)):
+        if step == "official" and not module_available(_OFFICIAL):
             steps[step] = {"error": f"not installed ({_OFFICIAL} not importable)"}
             continue
         steps[step] = run_module("benchmarks.breakdown", ["--step", step, "--blocks", str(blocks),
@@ -127,9 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=400)
     args = parser.parse_args(argv)
     if args.step:
-        peer_path = os.environ.get(PEER_PATH_ENV)
-        if peer_path and peer_path not in sys.path:
-            sys.path.insert(0, peer_path)
+        use_peer_path()
         emit(measure(args.step, args.blocks, args.calls))
         return 0
     from .report import breakdown_lines

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["PEER_PATH_ENV", "VARIANTS", "Variant", "availability", "module_available", "sdk_providers",
-           "setup_ours", "setup_variant"]
+           "setup_ours", "setup_variant", "use_peer_path"]
 
 # Optional extra sys.path entry for the peer workers only (peers installed with ``pip --target``
 # somewhere else, so their entry points do not load into every ``opentelemetry-instrument`` run).
@@ -60,11 +60,18 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 
-def module_available(module: str, extra_path: str | None) -> bool:
+def use_peer_path() -> None:
+    """Make the peers installed under ``$OTEL_LLM_USAGE_BENCH_PEERS_PATH`` importable here."""
     import sys
 
+    extra_path = os.environ.get(PEER_PATH_ENV)
     if extra_path and extra_path not in sys.path:
         sys.path.insert(0, extra_path)
+
+
+def module_available(module: str) -> bool:
+    """Whether ``module`` can be imported here, the peers' path included."""
+    use_peer_path()
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -73,7 +80,7 @@ def module_available(module: str, extra_path: str | None) -> bool:
 
 def availability(variant: Variant, redis_url: str | None) -> str | None:
     """``None`` when the variant can run here, else the reason it cannot (shown in the report)."""
-    if variant.requires and not module_available(variant.requires, os.environ.get(PEER_PATH_ENV)):
+    if variant.requires and not module_available(variant.requires):
         return f"not installed ({variant.requires} not importable; `pip install -e .[bench]`)"
     if "redis" in variant.needs and redis_url is None:
         return "redis-server not found on PATH"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -39,11 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .surfaces import Surfaces
-    from .variants import PEER_PATH_ENV, setup_variant
+    from .variants import setup_variant, use_peer_path
 
-    peer_path = os.environ.get(PEER_PATH_ENV)
-    if peer_path and peer_path not in sys.path:
-        sys.path.insert(0, peer_path)
+    use_peer_path()
     try:
         teardown, facts = setup_variant(args.variant, args.redis_url)
     except Exception as exc:  # reported as "unavailable" by the parent
