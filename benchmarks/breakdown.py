@@ -1,17 +1,20 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Where the added latency of a non-stream chat call goes: our parts switched on one step at a time.
+"""Where the added latency of a non-stream chat call goes: each instrumentation built up one part at a time.
 
     python -m benchmarks.breakdown [--blocks 20] [--calls 400]
+
+Two ladders climb the same levels (:data:`LEVELS`): ours and the official
+instrumentation's, first with no-op tracer and meter providers (the
+instrumentation's own work), then with the SDK's tracer, then with its meter;
+ours adds a budget on top. So the report can say, level by level, which part of
+the gap is the SDK's span and histograms (both pay those) and which is the
+instrumentation itself.
 
 Each step runs in its own interpreter. Inside it, the instrumentation is installed
 and removed (``instrument()``/``uninstrument()``) for alternating blocks of calls,
 so the instrumented and the plain side share one process, heap and machine state
-(see :func:`measure` for the two figures a step gets). The steps use public knobs only (no-op providers, a budget in the
-config), and the official instrumentation goes through the same harness, so the
-ratio between them is like for like.
-
-This answers a question the cross-process table cannot: how much of the added
-latency is the OpenTelemetry SDK's span and histograms, and how much is ours.
+(see :func:`measure` for the two figures a step gets). Only public knobs are used:
+providers passed to ``instrument()`` and a budget in our config.
 """
 
 from __future__ import annotations
@@ -26,18 +29,27 @@ from typing import Any
 from .subproc import emit, run_module
 from .variants import use_peer_path
 
-__all__ = ["STEPS", "main", "run_breakdown"]
+__all__ = ["LEVELS", "STEPS", "main", "run_breakdown"]
 
-#: name -> what is switched on in that step
-STEPS: dict[str, str] = {
-    "bare": "ours with no-op tracer and meter providers: our call bookkeeping (and pricing, on the worker)",
-    "spans": "+ the SDK tracer provider (spans built and ended)",
-    "metrics": "+ the SDK meter provider: variant `ours`",
-    "budget": "+ one in-memory budget checked before the call: variant `ours_budgets`",
-    "official": "opentelemetry-instrumentation-genai-openai, spans and metrics, same harness",
+#: The levels both ladders climb: level -> what it switches on over the level before.
+LEVELS: dict[str, str] = {
+    "bare": "no-op tracer and meter providers: the instrumentation's own work (ours prices on the worker)",
+    "spans": "+ the SDK tracer provider: spans built and ended",
+    "metrics": "+ the SDK meter provider: variant `ours`; for the official one, all of it",
+    "budget": "+ one in-memory budget checked before the call: variant `ours_budgets` (the official has none)",
 }
 
-_OFFICIAL = "opentelemetry.instrumentation.genai.openai"
+#: step -> (ladder, level); each step is one interpreter
+STEPS: dict[str, tuple[str, str]] = {
+    "bare": ("ours", "bare"),
+    "spans": ("ours", "spans"),
+    "metrics": ("ours", "metrics"),
+    "budget": ("ours", "budget"),
+    "official_bare": ("official", "bare"),
+    "official_spans": ("official", "spans"),
+    "official": ("official", "metrics"),
+}
+
 _WARMUP = 50
 
 
@@ -45,16 +57,17 @@ def _setup(step: str) -> tuple[Callable[[], None], dict[str, Any]]:
     from opentelemetry.metrics import NoOpMeterProvider
     from opentelemetry.trace import NoOpTracerProvider
 
-    from .variants import sdk_providers, setup_ours, setup_variant
+    from .variants import OFFICIAL_MODULE, sdk_providers, setup_otel_peer, setup_ours
 
-    if step == "official":
-        return setup_variant("otel_genai_openai", None)
+    ladder, level = STEPS[step]
     tracer_provider, meter_provider = sdk_providers()
-    if step == "bare":
+    if level == "bare":
         tracer_provider = NoOpTracerProvider()
-    if step in ("bare", "spans"):
+    if level in ("bare", "spans"):
         meter_provider = NoOpMeterProvider()
-    return setup_ours("ours_budgets" if step == "budget" else "ours", None, (tracer_provider, meter_provider))
+    if ladder == "official":
+        return setup_otel_peer(OFFICIAL_MODULE, (tracer_provider, meter_provider))
+    return setup_ours("ours_budgets" if level == "budget" else "ours", None, (tracer_provider, meter_provider))
 
 
 def measure(step: str, blocks: int, calls: int) -> dict[str, Any]:
@@ -106,12 +119,13 @@ def measure(step: str, blocks: int, calls: int) -> dict[str, Any]:
 
 def run_breakdown(blocks: int, calls: int) -> dict[str, Any]:
     """Every step in a fresh interpreter, one after the other; the official one when it is installed."""
-    from .variants import module_available
+    from .variants import OFFICIAL_MODULE, module_available
 
     steps: dict[str, Any] = {}
-    for step in STEPS:
-        if step == "official" and not module_available(_OFFICIAL):
-            steps[step] = {"error": f"not installed ({_OFFICIAL} not importable)"}
+    official = module_available(OFFICIAL_MODULE)
+    for step, (ladder, _) in STEPS.items():
+        if ladder == "official" and not official:
+            steps[step] = {"error": f"not installed ({OFFICIAL_MODULE} not importable)"}
             continue
         steps[step] = run_module("benchmarks.breakdown", ["--step", step, "--blocks", str(blocks),
                                                           "--calls", str(calls)], timeout=600)

@@ -147,32 +147,54 @@ def _results_table(title: str, columns: list[str], results: dict[str, dict[str, 
 
 
 def breakdown_lines(breakdown: dict[str, Any]) -> list[str]:
-    """The step table of :mod:`benchmarks.breakdown`, each step against the official instrumentation."""
-    from .breakdown import STEPS
+    """The two ladders of :mod:`benchmarks.breakdown` side by side, level by level."""
+    from .breakdown import LEVELS, STEPS
 
     steps = breakdown.get("steps", {})
-    official = steps.get("official", {}).get("added_us")
-    official_all = steps.get("official", {}).get("added_all_work_us")
+    ladders: dict[str, dict[str, dict[str, Any]]] = {"ours": {}, "official": {}}
+    for step, (ladder, level) in STEPS.items():
+        ladders[ladder][level] = steps.get(step, {"error": "not run"})
+    official_full = ladders["official"]["metrics"]
+
+    def cell(r: dict[str, Any] | None, key: str, before: dict[str, Any] | None) -> str:
+        if r is None:
+            return "–"
+        if "error" in r:
+            return "n/a"
+        step = f" ({r[key] - before[key]:+.1f})" if before and key in before else ""
+        return f"{r[key]:.1f}{step}"
+
+    def ratio(ours: dict[str, Any], official: dict[str, Any] | None, key: str) -> str:
+        if official is None or key not in ours or key not in official or not official[key]:
+            return "–"
+        return f"{ours[key] / official[key]:.2f}"
+
     lines = [f"## Where the added latency goes (OpenAI chat, non-stream; one process per step, "
              f"{breakdown.get('blocks')} × 2 blocks of {breakdown.get('calls')} calls)", "",
-             "| step | added µs, median | over the step before | × official | added µs, all work | × official | "
-             "switched on |", "|---|---:|---:|---:|---:|---:|---|"]
-    before = None
-    for name, what in STEPS.items():
-        r = steps.get(name, {"error": "not run"})
-        if "error" in r:
-            lines.append(f"| {name} | error: {r['error']} | | | | | {what} |")
-            continue
-        added = r["added_us"]
-        step = f"{added - before:+.1f}" if before is not None and name != "official" else ""
-        ratio = f"{added / official:.2f}" if official else "–"
-        all_work = r["added_all_work_us"]
-        ratio_all = f"{all_work / official_all:.2f}" if official_all else "–"
-        lines.append(f"| {name} | {added:.1f} | {step} | {ratio} | {all_work:.1f} | {ratio_all} | {what} |")
-        before = added
+             "µs added per call, with the step over the level before in brackets.", "",
+             "| level | ours, median | official, median | ours ÷ official | ours, all work | official, all work "
+             "| ours ÷ official |", "|---|---:|---:|---:|---:|---:|---:|"]
+    before: dict[str, dict[str, Any] | None] = {"ours": None, "official": None}
+    for level, what in LEVELS.items():
+        ours = ladders["ours"].get(level)
+        official = ladders["official"].get(level)
+        # The budget level has no official counterpart: it is held against the official's whole.
+        against = official if official is not None else official_full
+        lines.append(f"| {what} | {cell(ours, 'added_us', before['ours'])} "
+                     f"| {cell(official, 'added_us', before['official'])} | {ratio(ours or {}, against, 'added_us')} "
+                     f"| {cell(ours, 'added_all_work_us', before['ours'])} "
+                     f"| {cell(official, 'added_all_work_us', before['official'])} "
+                     f"| {ratio(ours or {}, against, 'added_all_work_us')} |")
+        before = {"ours": ours, "official": official or before["official"]}
     lines += ["", "Median: latency on the calling thread. All work: adds what the pipeline's worker thread did "
               "for those calls after they returned (metrics, budget settlement, the ledger), which a host "
-              "without idle time pays in throughput; where calls wait on the network, it runs meanwhile."]
+              "without idle time pays in throughput; where calls wait on the network, it runs meanwhile. "
+              "The budget row's ratios are against the official instrumentation's full figure."]
+    failed: dict[str, list[str]] = {}
+    for step, r in steps.items():
+        if "error" in r:
+            failed.setdefault(r["error"], []).append(step)
+    lines += [f"\nn/a ({', '.join(names)}): {error}" for error, names in failed.items()]
     return [*lines, ""]
 
 

@@ -18,12 +18,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PEER_PATH_ENV", "VARIANTS", "Variant", "availability", "module_available", "sdk_providers",
-           "setup_ours", "setup_variant", "use_peer_path"]
+__all__ = ["OFFICIAL_MODULE", "PEER_PATH_ENV", "VARIANTS", "Variant", "availability", "module_available",
+           "sdk_providers", "setup_otel_peer", "setup_ours", "setup_variant", "use_peer_path"]
 
 # Optional extra sys.path entry for the peer workers only (peers installed with ``pip --target``
 # somewhere else, so their entry points do not load into every ``opentelemetry-instrument`` run).
 PEER_PATH_ENV = "OTEL_LLM_USAGE_BENCH_PEERS_PATH"
+
+#: The official OpenTelemetry GenAI instrumentation of OpenAI, the targets' yardstick.
+OFFICIAL_MODULE = "opentelemetry.instrumentation.genai.openai"
 
 OPENAI_SURFACES = ("chat", "chat_stream_1", "chat_stream_100", "embeddings", "async_chat_100", "chat_loopback")
 DASHSCOPE_SURFACES = ("dashscope", "dashscope_stream_100")
@@ -55,7 +58,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("otel_openai_v2", "peer: opentelemetry-instrumentation-openai-v2", "peer",
             surfaces=OPENAI_SURFACES, requires="opentelemetry.instrumentation.openai_v2"),
     Variant("otel_genai_openai", "peer: opentelemetry-instrumentation-genai-openai", "peer",
-            surfaces=OPENAI_SURFACES, requires="opentelemetry.instrumentation.genai.openai"),
+            surfaces=OPENAI_SURFACES, requires=OFFICIAL_MODULE),
     Variant("openlit", "peer: openlit", "peer", surfaces=OPENAI_SURFACES, requires="openlit"),
 )
 
@@ -181,11 +184,13 @@ def setup_ours(name: str, redis_url: str | None, providers: tuple[Any, Any] | No
     return teardown, info
 
 
-def _setup_otel_peer(module: str) -> tuple[Callable[[], None], dict[str, Any]]:
+def setup_otel_peer(module: str, providers: tuple[Any, Any] | None = None,
+                    ) -> tuple[Callable[[], None], dict[str, Any]]:
+    """An official OpenTelemetry OpenAI instrumentation; ``providers`` as in :func:`setup_ours`."""
     from opentelemetry.sdk._logs import LoggerProvider
 
     instrumentor_cls = importlib.import_module(module).OpenAIInstrumentor
-    tracer_provider, meter_provider = sdk_providers()
+    tracer_provider, meter_provider = providers or sdk_providers()
     instrumentor = instrumentor_cls()
     # Content capture stays at its default (off), as ours; a logger provider without processors
     # keeps any events they emit in-process.
@@ -194,7 +199,7 @@ def _setup_otel_peer(module: str) -> tuple[Callable[[], None], dict[str, Any]]:
 
     def teardown() -> None:
         instrumentor.uninstrument()
-        meter_provider.shutdown()
+        getattr(meter_provider, "shutdown", lambda: None)()  # the no-op one has none
 
     return teardown, {}
 
@@ -237,9 +242,9 @@ def setup_variant(name: str, redis_url: str | None) -> tuple[Callable[[], None],
     if name.startswith("ours"):
         return setup_ours(name, redis_url)
     if name == "otel_openai_v2":
-        return _setup_otel_peer("opentelemetry.instrumentation.openai_v2")
+        return setup_otel_peer("opentelemetry.instrumentation.openai_v2")
     if name == "otel_genai_openai":
-        return _setup_otel_peer("opentelemetry.instrumentation.genai.openai")
+        return setup_otel_peer(OFFICIAL_MODULE)
     if name == "openlit":
         return _setup_openlit()
     raise ValueError(f"unknown variant {name!r}")
