@@ -62,7 +62,7 @@ def run(chunks: int, repeats: int) -> dict[str, Any]:
         source = stream()
         if proxy:
             inv = new_invocation()
-            inv.adapter.prepare(inv, kwargs)  # what the lifecycle does before sending
+            inv.usage_expected = True  # what prepare() notes for a request that asks for usage
             inv.done = True  # finalizing is the per-call cost, measured elsewhere
             source = StreamProxy(source, inv)
         start = time.perf_counter()

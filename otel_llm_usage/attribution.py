@@ -26,7 +26,7 @@ from opentelemetry import baggage
 
 from ._names import BAGGAGE_KEYS
 
-__all__ = ["Attribution", "current_attribution", "track", "usage_context"]
+__all__ = ["Attribution", "carry_attribution", "current_attribution", "track", "usage_context"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,30 @@ def current_attribution(explicit: Attribution | None = None) -> Attribution:
     from_baggage = _from_baggage()
     resolved = ctx if from_baggage is _EMPTY else ctx.merged_over(from_baggage)
     return explicit.merged_over(resolved) if explicit is not None else resolved
+
+
+C = TypeVar("C", bound=Callable[..., Any])
+
+
+def carry_attribution(fn: C) -> C:
+    """``fn`` made to run with the attribution in force here, on whichever thread runs it.
+
+    For hand-offs that do not copy context variables (``loop.run_in_executor``, a thread
+    pool's ``submit``); the instrumentor applies it to ``ThreadPoolExecutor.submit`` itself.
+    Without any attribution in force ``fn`` is returned unchanged."""
+    carried = current_attribution()
+    if carried is _EMPTY:
+        return fn
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        token = _current.set(carried.merged_over(_current.get()))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _current.reset(token)
+
+    return run  # type: ignore[return-value]
 
 
 @contextlib.contextmanager

@@ -41,7 +41,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _USAGE_FILTER = ('provider=~"$provider", model=~"$model", function=~"$function", '
                  'user=~"$user", anchor=~"$anchor"')
 # The semconv histograms carry provider/model under their gen_ai_* names and no attribution labels.
-_SEMCONV_FILTER = 'gen_ai_provider_name=~"$provider", gen_ai_request_model=~"$model"'
+# The gen_ai_client_* histograms are semconv names that another GenAI instrumentation (say
+# opentelemetry-instrumentation-openai-v2, which `opentelemetry-bootstrap` may install) records for
+# the same calls: keep to our scope. The empty alternative matches exporters that add no scope label.
+_SEMCONV_FILTER = ('otel_scope_name=~"otel_llm_usage|", '
+                   'gen_ai_provider_name=~"$provider", gen_ai_request_model=~"$model"')
 _BUDGET_FILTER = 'budget=~"$budget", scope=~"$scope"'
 _BUDGET_KEYS = "budget, scope, window, unit"
 

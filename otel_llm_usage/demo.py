@@ -199,7 +199,10 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
         lines = [ln for ln in body.splitlines() if ln.startswith(("llm_usage_requests_total", "llm_budget_"))]
-        console.print(f"[bold]Prometheus metrics[/] at {metrics_url} ({len(body.splitlines())} lines), e.g.:")
+        # The endpoint lives only as long as this process: say so rather than print a dead link.
+        where = f"served at {metrics_url}" if serve else \
+            f"scraped from {metrics_url} (gone when the demo exits; `--serve` keeps it up)"
+        console.print(f"[bold]Prometheus metrics[/] {where}, {len(body.splitlines())} lines, e.g.:")
         for line in lines[:6]:
             console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
         if not ledger.startswith("memory://"):

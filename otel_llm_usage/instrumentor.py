@@ -25,8 +25,9 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 
+from .attribution import carry_attribution
 from .config import Config, load_config
-from .instrumentation.lifecycle import CallHandler, CallSpec, note_attempt
+from .instrumentation.lifecycle import CallHandler, Router, fixed_route, note_attempt
 from .runtime import Runtime, build_runtime, clear_runtime
 
 __all__ = ["LLMUsageInstrumentor"]
@@ -34,23 +35,23 @@ __all__ = ["LLMUsageInstrumentor"]
 logger = logging.getLogger("otel_llm_usage")
 
 
-def _sync_wrapper(handler: CallHandler, spec: CallSpec) -> Callable[..., Any]:
+def _sync_wrapper(handler: CallHandler, route: Router) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return handler.call_sync(spec, wrapped, instance, args, kwargs)
+        return handler.call_sync(route, wrapped, instance, args, kwargs)
 
     return wrapper
 
 
-def _async_wrapper(handler: CallHandler, spec: CallSpec) -> Callable[..., Any]:
+def _async_wrapper(handler: CallHandler, route: Router) -> Callable[..., Any]:
     async def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await handler.call_async(spec, wrapped, instance, args, kwargs)
+        return await handler.call_async(route, wrapped, instance, args, kwargs)
 
     return wrapper
 
 
-def _targets(config: Config) -> list[tuple[str, str, str, bool, CallSpec]]:
-    """(module, class, method, is_async, spec) for every surface we know how to read."""
-    out: list[tuple[str, str, str, bool, CallSpec]] = []
+def _targets(config: Config) -> list[tuple[str, str, str, bool, Router]]:
+    """(module, class, method, is_async, router) for every surface we know how to read."""
+    out: list[tuple[str, str, str, bool, Router]] = []
     from .instrumentation import openai as oa
 
     def adapter(responses_api: bool) -> oa.OpenAIAdapter:
@@ -62,22 +63,33 @@ def _targets(config: Config) -> list[tuple[str, str, str, bool, CallSpec]]:
             responses_api=responses_api,
         )
 
-    chat, responses = adapter(False), adapter(True)
-    for m in oa.METHODS:
-        spec = CallSpec(responses if m.responses_api else chat, m.operation)
-        out.append((m.module, m.cls, m.name, m.is_async, spec))
+    route = oa.router(adapter(False), adapter(True))
+    for module, cls, name, is_async in oa.CLIENT_METHODS:
+        out.append((module, cls, name, is_async, route))
     try:
         from .instrumentation import dashscope as ds
     except ImportError:
         return out
     for module, cls, name, is_async, spec in ds.targets(config):
-        out.append((module, cls, name, is_async, spec))
+        out.append((module, cls, name, is_async, fixed_route(spec)))
     return out
 
 
 def _attempt_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     note_attempt()
     return wrapped(*args, **kwargs)
+
+
+def _submit_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``ThreadPoolExecutor.submit``: the task runs with the submitter's attribution.
+
+    ``loop.run_in_executor`` (used by langchain-community's ChatTongyi and many other async
+    wrappers of sync SDKs) submits here without copying context variables, so every call it
+    makes would be labelled ``unknown``. Only our own attribution is carried, never the rest of
+    the caller's context, so the host's code behaves exactly as before."""
+    if not args:
+        return wrapped(*args, **kwargs)
+    return wrapped(carry_attribution(args[0]), *args[1:], **kwargs)
 
 
 def _patch(patched: list[tuple[Any, str, Any]], module_name: str, cls_name: str, method: str,
@@ -118,13 +130,15 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                                                                            if "clock" in kwargs else {}))
         type(self)._runtime = runtime
         patched: list[tuple[Any, str, Any]] = []
-        for module_name, cls_name, method, is_async, spec in _targets(config):
+        for module_name, cls_name, method, is_async, route in _targets(config):
             factory = _async_wrapper if is_async else _sync_wrapper
-            _patch(patched, module_name, cls_name, method, factory(runtime.handler, spec))
+            _patch(patched, module_name, cls_name, method, factory(runtime.handler, route))
         from .instrumentation.openai import ATTEMPT_HOOKS
 
         for module_name, cls_name, method in ATTEMPT_HOOKS:
             _patch(patched, module_name, cls_name, method, _attempt_wrapper)
+        if config.attribution.propagate_to_threads:
+            _patch(patched, "concurrent.futures.thread", "ThreadPoolExecutor", "submit", _submit_wrapper)
         type(self)._patched = patched
         logger.debug("otel-llm-usage instrumented %d methods", len(patched))
 

@@ -116,3 +116,15 @@ def otel(llm_server: LoopbackLLMServer) -> Iterator[Otel]:
     o = make_otel(llm_server)
     yield o
     close_otel(o)
+
+
+@pytest.fixture
+def ds(otel: Otel) -> Iterator[Otel]:
+    """The classic DashScope API pointed at the loopback server; module globals restored afterwards."""
+    import dashscope
+
+    saved = dashscope.base_http_api_url, dashscope.api_key
+    dashscope.base_http_api_url = otel.server.dashscope_base_url
+    dashscope.api_key = "sk-test-secret"
+    yield otel
+    dashscope.base_http_api_url, dashscope.api_key = saved

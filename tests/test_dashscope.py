@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dashscope
@@ -36,16 +36,6 @@ IMAGE_MSGS = [{"role": "user", "content": [{"image": "https://example.invalid/ca
 
 def scenario(text: str) -> dict[str, Any]:
     return {"headers": {"X-Loopback-Scenario": text}}
-
-
-@pytest.fixture
-def ds(otel: Any) -> Iterator[Any]:
-    """The classic API pointed at the loopback server; module globals restored afterwards."""
-    saved = dashscope.base_http_api_url, dashscope.api_key
-    dashscope.base_http_api_url = otel.server.dashscope_base_url
-    dashscope.api_key = "sk-test-secret"
-    yield otel
-    dashscope.base_http_api_url, dashscope.api_key = saved
 
 
 def client(server: Any, **kw: Any) -> dashscope.Client:

@@ -41,7 +41,7 @@ Shape rules this adapter relies on (dashscope 2.0.2):
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -153,8 +153,16 @@ class DashScopeAdapter:
             span_attributes=span_attrs,
         )
 
-    def prepare(self, inv: Invocation, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return kwargs  # native responses always carry usage: nothing to ask for
+    def prepare(self, inv: Invocation, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # Native responses always carry usage: nothing to ask for. Only a budget downgrade
+        # changes the request, in whichever place the caller put the model.
+        if "downgraded_from" not in inv.record.request_params:
+            return args, kwargs
+        model = inv.record.request_model
+        if "model" not in kwargs and args and isinstance(args[0], str):
+            return (model, *args[1:]), kwargs
+        return args, {**kwargs, "model": model}
 
     def input_text_size(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:
         # The second positional argument is the prompt/messages/input on every classic ``call``.
@@ -162,7 +170,7 @@ class DashScopeAdapter:
         return sum(latin for latin, _ in sizes), sum(cjk for _, cjk in sizes)
 
     # -- response --------------------------------------------------------------
-    def attach_stream(self, inv: Invocation, result: Any, wrap: Any) -> Any | None:
+    def attach_stream(self, inv: Invocation, result: Any, wrap: Callable[[Invocation, Any], Any]) -> Any | None:
         """Proxy the inner stream of a 2.x stream object; ``None`` for anything else."""
         if not inv.record.streamed or type(result).__name__ not in _STREAM_HOLDERS:
             return None
@@ -195,15 +203,20 @@ class DashScopeAdapter:
         if self._read_error(inv, chunk):
             return True  # the caller gets the error frame unchanged
         if rec.response_id is None:
-            rid = read_field(chunk, "request_id")
+            rid = read_field(chunk, "request_id") or read_field(chunk, "id")
             if isinstance(rid, str) and rid:
                 rec.response_id = rid
+        if rec.response_model is None:
+            # Native frames carry no model; OpenAI-protocol (2.x ``protocol="openai"``) ones do.
+            model = read_field(chunk, "model")
+            if isinstance(model, str) and model:
+                rec.response_model = model
         self._read_usage(inv, chunk)
-        text = "".join(_output_texts(chunk))
         if rec.request_params.get("incremental_output"):
-            inv.add_output_text(text)
-        elif text:
-            inv.set_output_text(text)  # each chunk repeats the whole text so far
+            inv.add_output_text("".join(_output_texts(chunk)))
+        else:
+            # Each chunk repeats the whole text so far: keep the latest, count it only if needed.
+            inv.defer_output_text(lambda: "".join(_output_texts(chunk)))
         reasons = _finish_reasons(chunk)
         if reasons:
             rec.finish_reasons = (*rec.finish_reasons, *reasons)
@@ -217,7 +230,7 @@ class DashScopeAdapter:
         code = read_field(result, "code")
         failed = bool(code) or status not in (None, 200) or read_field(result, "is_error") is True
         if failed:
-            inv.mark_error(str(code) if code else str(status or "error"))
+            inv.mark_error(str(code) if code else str(status or "error"), refused=True)
         return failed
 
     @staticmethod

@@ -35,7 +35,8 @@ from ..pipeline import CallIntent, Pipeline
 from ..telemetry import LabelPolicy, put_present, semconv_attributes
 from ..usage import TokenUsage, UsageRecord, count_text, estimate_tokens, new_record_id
 
-__all__ = ["OUTPUT_TEXT_SAMPLE_CHUNKS", "CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestInfo"]
+__all__ = ["OUTPUT_TEXT_SAMPLE_CHUNKS", "CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestInfo",
+           "Router", "fixed_route"]
 
 #: When a stream's usage is expected in its last chunk, an adapter may stop reading chunk text
 #: after this many chunks (reading it is most of the per-chunk cost); should usage then never
@@ -77,12 +78,19 @@ class ProviderAdapter(Protocol):
 
     def request_info(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo: ...
 
-    def prepare(self, inv: Invocation, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Return the kwargs to send (may add stream usage options or swap the model)."""
+    def prepare(self, inv: Invocation, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments to send: may ask for stream usage, and applies a budget downgrade
+        (``inv.record.request_model`` then differs from what the caller asked for)."""
         ...
 
     def input_text_size(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:
         """(latin chars, CJK chars) of the request's input, only for estimating missing usage."""
+        ...
+
+    def attach_stream(self, inv: Invocation, result: Any, wrap: Callable[[Invocation, Any], Any]) -> Any | None:
+        """For SDK stream objects whose helpers read an inner stream: put ``wrap(inv, inner)`` inside
+        and return the object; ``None`` when the result is not such an object."""
         ...
 
     def is_stream(self, inv: Invocation, result: Any) -> bool: ...
@@ -98,10 +106,23 @@ class ProviderAdapter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CallSpec:
-    """One patched SDK method: which adapter reads it and what operation it is."""
+    """One kind of call: which adapter reads it and what operation it is."""
 
     adapter: ProviderAdapter
     operation: str
+
+
+#: Picks the spec for one intercepted SDK call, or ``None`` for a call that is not an LLM
+#: request (a client-level patch sees every HTTP request the client makes).
+Router = Callable[[Any, tuple[Any, ...], dict[str, Any]], "CallSpec | None"]
+
+
+def fixed_route(spec: CallSpec) -> Router:
+    """The router of a method that is always the same kind of LLM call."""
+    def route(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallSpec:
+        return spec
+
+    return route
 
 
 class Invocation:
@@ -112,8 +133,11 @@ class Invocation:
         "_handler",
         "_kwargs",
         "_lock",
+        "_output_text",
         "_started",
+        "accepted",
         "adapter",
+        "args",
         "attempts",
         "done",
         "estimated_output_chars",
@@ -134,6 +158,7 @@ class Invocation:
         self.adapter = spec.adapter
         self._args = args
         self._kwargs = kwargs
+        self.args = args
         self.kwargs = kwargs
         self.done = False
         self._lock = threading.Lock()
@@ -142,6 +167,10 @@ class Invocation:
         self.usage_expected = False  # the provider will report usage at the end of the stream
         self.output_chunks = 0
         self.first_chunk_at: float | None = None
+        # The provider took the request and began answering (a raised error after this still
+        # billed the input); adapters of error frames leave it unset.
+        self.accepted = False
+        self._output_text: Callable[[], str] | None = None
         self.attempts = 0
         self.estimated_output_chars = [0, 0]
         self.model_usages: list[tuple[str, TokenUsage]] = []
@@ -182,6 +211,7 @@ class Invocation:
     def on_first_chunk(self) -> None:
         if self.first_chunk_at is None:
             self.first_chunk_at = time.perf_counter()
+            self.accepted = True
 
     def set_usage(self, tokens: TokenUsage | None) -> None:
         """Latest reported usage wins: streaming providers report cumulative totals."""
@@ -219,24 +249,33 @@ class Invocation:
 
     def set_output_text(self, text: str | None) -> None:
         """For providers that resend the full text in every chunk (non-incremental)."""
+        self._output_text = None
         self.estimated_output_chars = [0, 0]
         self.add_output_text(text)
 
-    def mark_error(self, error_type: str) -> None:
+    def defer_output_text(self, read: Callable[[], str]) -> None:
+        """Like :meth:`set_output_text` for a cumulative stream, read only if an estimate is needed:
+        counting the whole text so far on every chunk made long streams quadratic."""
+        self._output_text = read
+
+    def mark_error(self, error_type: str, *, refused: bool = False) -> None:
+        """``refused``: the provider answered with an error instead of a result (nothing billed)."""
         self.record.status = "error"
         self.record.error_type = error_type
+        if refused:
+            self.accepted = False
 
     def finish(self, *, abandoned: bool = False) -> None:
         if self._claim():
             self._finalize(abandoned=abandoned)
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException, *, abandoned: bool = False) -> None:
         if self._claim():
             self.mark_error(_error_type(exc))
             # Only the type: exception messages can quote request content back.
             with contextlib.suppress(Exception):
                 self.span.add_event("exception", {"exception.type": _error_type(exc)})
-            self._finalize(abandoned=False)
+            self._finalize(abandoned=abandoned)
 
     # -- internals -----------------------------------------------------------
     def _claim(self) -> bool:
@@ -263,9 +302,10 @@ class Invocation:
             internal_error("finalize", exc)
             with contextlib.suppress(Exception):
                 self.span.end()
-        self._args = ()
+        self._args = self.args = ()
         self._kwargs = {}
         self.kwargs = {}
+        self._output_text = None
         for record in records:
             self._handler.pipeline.submit(record)
 
@@ -283,8 +323,13 @@ class Invocation:
     def _estimate_usage(self) -> None:
         """No usage from the provider: an estimate, never zero, when the request got an answer."""
         rec = self.record
+        if self._output_text is not None:
+            try:
+                self.set_output_text(self._output_text())
+            except Exception as exc:
+                internal_error("output_text", exc)
         produced = self.estimated_output_chars[0] + self.estimated_output_chars[1] > 0
-        if rec.status == "error" and not produced:
+        if rec.status == "error" and not produced and not self.accepted:
             rec.usage_source = "none"  # the provider refused it: nothing billed
             return
         latin, cjk = self.adapter.input_text_size(self._args, self._kwargs)
@@ -377,15 +422,19 @@ class CallHandler:
         self._pricer(record)
         if record.cost is None:
             return None
-        return {N.ATTR_COST: float(record.cost), N.ATTR_CURRENCY: record.currency or "unknown"}
+        return {N.ATTR_COST: float(record.cost), N.ATTR_CURRENCY: record.currency or "unknown",
+                N.ATTR_PRICE_SOURCE: record.price_source or "unknown"}
 
     # -- entry points used by the wrappers ---------------------------------------
-    def begin(self, spec: CallSpec, instance: Any, args: tuple[Any, ...],
+    def begin(self, route: Router, instance: Any, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Invocation | None:
         """Everything before the SDK call. ``None`` means "pass through untouched"."""
         if not self.enabled or _in_call.get():
             return None
         try:
+            spec = route(instance, args, kwargs)
+            if spec is None:
+                return None
             info = spec.adapter.request_info(instance, args, kwargs)
             explicit = Attribution(user=info.user) if info.user else None
             attribution = current_attribution(explicit)
@@ -400,10 +449,10 @@ class CallHandler:
             self._pre_call(inv, info, args, kwargs)  # may raise BudgetExceeded
         try:
             inv.start_span(self.tracer, info)
-            inv.kwargs = spec.adapter.prepare(inv, kwargs)
+            inv.args, inv.kwargs = spec.adapter.prepare(inv, args, kwargs)
         except Exception as exc:
             internal_error("prepare", exc)
-            inv.kwargs = kwargs
+            inv.args, inv.kwargs = args, kwargs
         return inv
 
     def _pre_call(self, inv: Invocation, info: RequestInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -432,9 +481,9 @@ class CallHandler:
             self.pipeline.submit(inv.record)
             raise
         if new_model and new_model != inv.record.request_model:
+            # The adapter's prepare() writes the new model into the request it sends.
             inv.record.request_params["downgraded_from"] = inv.record.request_model
             inv.record.request_model = new_model
-            kwargs["model"] = new_model
 
     def finish_result(self, inv: Invocation, result: Any) -> Any:
         """After a successful SDK call: wrap streams, read responses; never raises."""
@@ -447,14 +496,14 @@ class CallHandler:
             inv.finish()
             return result
 
-    def call_sync(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
+    def call_sync(self, route: Router, wrapped: Callable[..., Any], instance: Any,
                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        inv = self.begin(spec, instance, args, kwargs)
+        inv = self.begin(route, instance, args, kwargs)
         if inv is None:
             return wrapped(*args, **kwargs)
         tokens = _enter_call(inv)
         try:
-            result = wrapped(*args, **inv.kwargs)
+            result = wrapped(*inv.args, **inv.kwargs)
         except BaseException as exc:
             inv.fail(exc)
             raise
@@ -462,14 +511,14 @@ class CallHandler:
             _exit_call(tokens)
         return self.finish_result(inv, result)
 
-    async def call_async(self, spec: CallSpec, wrapped: Callable[..., Any], instance: Any,
+    async def call_async(self, route: Router, wrapped: Callable[..., Any], instance: Any,
                          args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        inv = self.begin(spec, instance, args, kwargs)
+        inv = self.begin(route, instance, args, kwargs)
         if inv is None:
             return await wrapped(*args, **kwargs)
         tokens = _enter_call(inv)
         try:
-            result = await wrapped(*args, **inv.kwargs)
+            result = await wrapped(*inv.args, **inv.kwargs)
         except BaseException as exc:  # CancelledError included: recorded, re-raised unchanged
             inv.fail(exc)
             raise

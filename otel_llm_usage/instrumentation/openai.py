@@ -1,11 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
 """OpenAI SDK (openai >= 1.40, incl. 3.x) request/response shapes.
 
+Where the patch sits: on the client's ``request`` method (``SyncAPIClient`` /
+``AsyncAPIClient`` in ``openai._base_client``), not on the resource methods. Every
+way of reaching the API ends there exactly once per logical call: resource methods,
+``with_raw_response`` / ``with_streaming_response`` (which add a header and call the
+resource method), the stream and parse helpers (which call ``create`` / ``_post``),
+a framework's direct ``client.post("/chat/completions", ...)`` (litellm), and
+resource methods bound before ``instrument()`` (a bound method still calls
+``self._client.request``, looked up on the class at call time). Retries run inside
+``request`` (a loop in current SDKs, ``_retry_request`` → ``_request`` in 1.x), and
+pagination calls it once per page of non-LLM paths, so a call is neither missed nor
+counted twice. :data:`ROUTES` (data) says which ``POST`` paths are LLM calls; every
+other request the client makes passes straight through.
+
 One adapter reads every surface by shape: chat completions (``choices`` /
 ``delta``), Responses API (``output`` / typed stream events), legacy
-completions (``choices[].text``) and embeddings (``usage`` only). The list of
-patched methods is data (:data:`METHODS`); a method missing from the
-installed SDK version is skipped.
+completions (``choices[].text``) and embeddings (``usage`` only), from the
+request body the SDK is about to send (``options.json_data`` plus ``extra_body``).
 
 Streaming usage: when the caller streams a chat or legacy completion without
 ``stream_options``, we send ``stream_options={"include_usage": true}`` so the
@@ -16,45 +28,33 @@ chunk is consumed here and not passed on, so code that indexes
 
 from __future__ import annotations
 
+import copy
 import json
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
 from .. import _names as N
 from ..usage import count_text, fields_of, normalize_usage, read_field
-from .lifecycle import OUTPUT_TEXT_SAMPLE_CHUNKS, Invocation, RequestInfo
+from .lifecycle import OUTPUT_TEXT_SAMPLE_CHUNKS, CallSpec, Invocation, RequestInfo, Router
 from .providers import provider_from_endpoint
 
-__all__ = ["ATTEMPT_HOOKS", "METHODS", "Method", "OpenAIAdapter"]
+__all__ = ["ATTEMPT_HOOKS", "CLIENT_METHODS", "ROUTES", "OpenAIAdapter", "router"]
 
-class Method(NamedTuple):
-    module: str
-    cls: str
-    name: str
-    operation: str
-    is_async: bool
-    responses_api: bool = False
-
-
-_CHAT = "openai.resources.chat.completions"
-_BETA_CHAT = "openai.resources.beta.chat.completions"
-_RESP = "openai.resources.responses"
-METHODS: tuple[Method, ...] = (
-    Method(_CHAT, "Completions", "create", N.OP_CHAT, False),
-    Method(_CHAT, "AsyncCompletions", "create", N.OP_CHAT, True),
-    Method(_CHAT, "Completions", "parse", N.OP_CHAT, False),
-    Method(_CHAT, "AsyncCompletions", "parse", N.OP_CHAT, True),
-    # openai < 1.92 kept parse under beta; newer ones delegate, which the re-entrancy guard absorbs.
-    Method(_BETA_CHAT, "Completions", "parse", N.OP_CHAT, False),
-    Method(_BETA_CHAT, "AsyncCompletions", "parse", N.OP_CHAT, True),
-    Method(_RESP, "Responses", "create", N.OP_CHAT, False, True),
-    Method(_RESP, "AsyncResponses", "create", N.OP_CHAT, True, True),
-    Method(_RESP, "Responses", "parse", N.OP_CHAT, False, True),
-    Method(_RESP, "AsyncResponses", "parse", N.OP_CHAT, True, True),
-    Method("openai.resources.completions", "Completions", "create", N.OP_TEXT_COMPLETION, False),
-    Method("openai.resources.completions", "AsyncCompletions", "create", N.OP_TEXT_COMPLETION, True),
-    Method("openai.resources.embeddings", "Embeddings", "create", N.OP_EMBEDDINGS, False),
-    Method("openai.resources.embeddings", "AsyncEmbeddings", "create", N.OP_EMBEDDINGS, True),
+#: The client methods patched: (module, class, method, is_async).
+CLIENT_METHODS: tuple[tuple[str, str, str, bool], ...] = (
+    ("openai._base_client", "SyncAPIClient", "request", False),
+    ("openai._base_client", "AsyncAPIClient", "request", True),
 )
+
+#: ``POST`` path suffix → (operation, Responses API). A suffix, because the client's base URL
+#: carries any prefix (``/v1``, a gateway's ``/openai``) and Azure rewrites the path later.
+ROUTES: dict[str, tuple[str, bool]] = {
+    "/chat/completions": (N.OP_CHAT, False),
+    "/responses": (N.OP_CHAT, True),
+    "/completions": (N.OP_TEXT_COMPLETION, False),
+    "/embeddings": (N.OP_EMBEDDINGS, False),
+}
 
 # Called once per HTTP attempt (retries included) in every openai version we support.
 ATTEMPT_HOOKS: tuple[tuple[str, str, str], ...] = (("openai._base_client", "BaseClient", "_build_request"),)
@@ -62,9 +62,8 @@ ATTEMPT_HOOKS: tuple[tuple[str, str, str], ...] = (("openai._base_client", "Base
 _STREAM_USAGE_OPS = (N.OP_CHAT, N.OP_TEXT_COMPLETION)
 
 
-# Request arguments that carry none of the options request_info reads.
-_PLAIN_KEYS = frozenset({"model", "messages", "input", "prompt", "instructions", "stream", "stream_options",
-                         "extra_headers", "extra_query", "timeout"})
+# Request body keys that carry none of the options request_info reads.
+_PLAIN_KEYS = frozenset({"model", "messages", "input", "prompt", "instructions", "stream", "stream_options"})
 
 
 def _given(value: Any) -> bool:
@@ -72,9 +71,57 @@ def _given(value: Any) -> bool:
     return value is not None and type(value).__name__ not in ("Omit", "NotGiven")
 
 
-def _kw(kwargs: dict[str, Any], name: str) -> Any:
+def _kw(kwargs: Mapping[str, Any], name: str) -> Any:
     value = kwargs.get(name)
     return value if _given(value) else None
+
+
+def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The ``FinalRequestOptions`` of ``request(cast_to, options, ...)``."""
+    return args[1] if len(args) > 1 else kwargs.get("options")
+
+
+def _body(options: Any) -> Mapping[str, Any]:
+    """The JSON body about to be sent, ``extra_body`` merged over it as the SDK does."""
+    body = getattr(options, "json_data", None)
+    body = body if isinstance(body, Mapping) else {}
+    extra = getattr(options, "extra_json", None)
+    return {**body, **extra} if isinstance(extra, Mapping) and extra else body
+
+
+def _path(options: Any) -> str | None:
+    if str(getattr(options, "method", "")).lower() != "post":
+        return None
+    url = getattr(options, "url", None)
+    if not isinstance(url, str):
+        return None
+    return (urlsplit(url).path if "://" in url else url.split("?", 1)[0]).rstrip("/")
+
+
+def router(chat: OpenAIAdapter, responses: OpenAIAdapter) -> Router:
+    """The :data:`ROUTES` lookup for the patched ``request`` methods."""
+    specs: dict[str, CallSpec] = {
+        suffix: CallSpec(responses if is_responses else chat, operation)
+        for suffix, (operation, is_responses) in ROUTES.items()
+    }
+    cache: dict[str, CallSpec | None] = {}
+
+    def route(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallSpec | None:
+        path = _path(_options(args, kwargs))
+        if path is None:
+            return None
+        try:
+            return cache[path]
+        except KeyError:
+            pass
+        # "/chat/completions" also ends with "/completions": the longest suffix wins.
+        found = [suffix for suffix in specs if path.endswith(suffix)]
+        spec = specs[max(found, key=len)] if found else None
+        if len(cache) < 256:
+            cache[path] = spec
+        return spec
+
+    return route
 
 
 class OpenAIAdapter:
@@ -90,8 +137,7 @@ class OpenAIAdapter:
         self._url_cache: dict[int, tuple[Any, str, tuple[str, str | None, int | None]]] = {}
 
     # -- request ---------------------------------------------------------------
-    def _endpoint(self, instance: Any) -> tuple[str, str | None, int | None]:
-        client = getattr(instance, "_client", None)
+    def _endpoint(self, client: Any) -> tuple[str, str | None, int | None]:
         base_url = getattr(client, "base_url", None)
         client_type = type(client).__name__
         # By the URL object's identity (str() of an httpx URL costs a microsecond per call); the
@@ -123,31 +169,31 @@ class OpenAIAdapter:
 
     def request_info(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo:
         provider, host, port = self._endpoint(instance)
+        body = _body(_options(args, kwargs))
         params: dict[str, Any] = {}
         span_attrs: dict[str, Any] = {}
         max_tokens = user = None
-        if not _PLAIN_KEYS.issuperset(kwargs):  # most calls pass none of the options read below
-            max_tokens = _kw(kwargs, "max_completion_tokens") or _kw(kwargs, "max_tokens") \
-                or _kw(kwargs, "max_output_tokens")
+        if not _PLAIN_KEYS.issuperset(body):  # most calls send none of the options read below
+            max_tokens = _kw(body, "max_completion_tokens") or _kw(body, "max_tokens") \
+                or _kw(body, "max_output_tokens")
             for name, attr in (("temperature", N.GEN_AI_REQUEST_TEMPERATURE), ("top_p", N.GEN_AI_REQUEST_TOP_P)):
-                value = _kw(kwargs, name)
+                value = _kw(body, name)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     span_attrs[attr] = float(value)
-            extra_body = _kw(kwargs, "extra_body")
-            if isinstance(extra_body, dict) and isinstance(extra_body.get("enable_thinking"), bool):
-                params["enable_thinking"] = extra_body["enable_thinking"]
-            if _kw(kwargs, "service_tier") == "flex":
+            if isinstance(body.get("enable_thinking"), bool):  # Qwen's extra_body switch
+                params["enable_thinking"] = body["enable_thinking"]
+            if _kw(body, "service_tier") == "flex":
                 params["service_tier"] = "flex"
-            user = _kw(kwargs, "user")
+            user = _kw(body, "user")
         if self.capture_content:
-            captured = self._capture(kwargs.get("messages") if _given(kwargs.get("messages")) else
-                                     _kw(kwargs, "input") or _kw(kwargs, "prompt"))
+            captured = self._capture(body.get("messages") if _given(body.get("messages")) else
+                                     _kw(body, "input") or _kw(body, "prompt"))
             if captured:
                 span_attrs[N.GEN_AI_INPUT_MESSAGES] = captured
         return RequestInfo(
             provider=provider,
-            request_model=_kw(kwargs, "model"),
-            stream=_kw(kwargs, "stream") is True,
+            request_model=_kw(body, "model"),
+            stream=_kw(body, "stream") is True or kwargs.get("stream") is True,
             server_address=host,
             server_port=port,
             user=user if isinstance(user, str) and user else None,
@@ -156,26 +202,44 @@ class OpenAIAdapter:
             span_attributes=span_attrs,
         )
 
-    def prepare(self, inv: Invocation, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, inv: Invocation, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        options = _options(args, kwargs)
+        body = _body(options)
+        changes: dict[str, Any] = {}
         if (self.stream_include_usage and inv.record.streamed and inv.record.operation in _STREAM_USAGE_OPS
-                and not self.responses_api and not _given(kwargs.get("stream_options"))):
+                and not self.responses_api and not _given(body.get("stream_options"))):
             inv.stream_usage_injected = inv.usage_expected = True
-            return {**kwargs, "stream_options": {"include_usage": True}}
-        options = kwargs.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
-            inv.usage_expected = True
-        return kwargs
+            changes["stream_options"] = {"include_usage": True}
+        else:
+            asked = body.get("stream_options")
+            if isinstance(asked, Mapping) and asked.get("include_usage") is True:
+                inv.usage_expected = True
+        if "downgraded_from" in inv.record.request_params:
+            changes["model"] = inv.record.request_model
+        if not changes or not isinstance(getattr(options, "json_data", None), Mapping):
+            return args, kwargs
+        # A copy: the caller's options object is reused by the SDK for retries of the original.
+        sent = copy.copy(options)
+        sent.json_data = {**options.json_data, **changes}
+        if len(args) > 1:
+            return (args[0], sent, *args[2:]), kwargs
+        return args, {**kwargs, "options": sent}
 
     def input_text_size(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int]:
+        body = _body(_options(args, kwargs))
         latin = cjk = 0
-        for text in _texts(kwargs.get("messages"), kwargs.get("input"), kwargs.get("prompt"),
-                           kwargs.get("instructions")):
+        for text in _texts(body.get("messages"), body.get("input"), body.get("prompt"),
+                           body.get("instructions")):
             a, b = count_text(text)
             latin += a
             cjk += b
         return latin, cjk
 
     # -- response --------------------------------------------------------------
+    def attach_stream(self, inv: Invocation, result: Any, wrap: Callable[[Invocation, Any], Any]) -> Any | None:
+        return None  # OpenAI's helper streams iterate the proxied ``Stream`` itself
+
     def is_stream(self, inv: Invocation, result: Any) -> bool:
         return inv.record.streamed and (hasattr(result, "__next__") or hasattr(result, "__anext__"))
 

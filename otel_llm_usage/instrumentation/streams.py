@@ -33,6 +33,18 @@ else:
     _Proxy = wrapt.ObjectProxy
 
 
+def _end_early(inv: Invocation, exc: BaseException | None = None, *, dropped: bool = False) -> None:
+    """The caller stopped before the stream's natural end: ``close()``, leaving ``with``, or
+    ``dropped`` its iterator with chunks unread (always abandoned, even when a provider that
+    reports cumulative usage on every chunk already gave a partial total). Otherwise abandoned
+    means usage never arrived. An exception the caller raised inside ``with`` is the call's error."""
+    abandoned = dropped or not inv.usage_seen
+    if exc is None or isinstance(exc, GeneratorExit):
+        inv.finish(abandoned=abandoned)
+    else:
+        inv.fail(exc, abandoned=abandoned)
+
+
 def _on_chunk(inv: Invocation, chunk: Any) -> bool:
     if inv.first_chunk_at is None:
         inv.on_first_chunk()
@@ -56,8 +68,10 @@ class _StreamBase(_Proxy):
         self._self_gen: Iterator[Any] | None = None
 
     def __del__(self) -> None:
+        # A sync proxy that handed out its chunk generator leaves abandonment to it: in
+        # ``for chunk in client...create(stream=True)`` the proxy is freed before the first chunk.
         inv = getattr(self, "_self_inv", None)
-        if inv is not None and not inv.done:
+        if inv is not None and not inv.done and getattr(self, "_self_gen", None) is None:
             inv.finish(abandoned=True)
 
     @property
@@ -78,23 +92,28 @@ class _ClosingResponse(_Proxy):
         try:
             return self.__wrapped__.close()
         finally:
-            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+            _end_early(self._self_inv)
 
     async def aclose(self) -> Any:
         try:
             return await self.__wrapped__.aclose()
         finally:
-            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+            _end_early(self._self_inv)
 
 
 def _chunks(inv: Invocation, it: Iterator[Any]) -> Iterator[Any]:
     """The per-chunk hot path of every sync stream. A generator, because resuming its frame costs
     less per chunk than a ``__next__`` call through the proxy type, and the per-stream lookups
-    happen once. It holds no reference to the proxy, so an abandoned proxy is freed at once.
-    ``_on_chunk``'s two steps are written out here rather than called: a call per chunk is a
-    measurable part of the ~1.5 µs per-chunk budget (the async proxy calls it)."""
+    happen once. ``_on_chunk``'s two steps are written out here rather than called: a call per
+    chunk is a measurable part of the ~1.5 µs per-chunk budget (the async proxy calls it).
+
+    The caller often holds only this generator (``for chunk in create(stream=True)`` frees the
+    proxy at once), so the generator itself tells a dropped stream from a finished one. The proxy
+    primes it to the bare ``yield`` first: a generator that never started runs no code when it is
+    closed or collected, a primed one runs the ``GeneratorExit`` branch."""
     on_chunk = inv.adapter.on_chunk
     try:
+        yield None
         for chunk in it:
             if inv.first_chunk_at is None:
                 inv.on_first_chunk()
@@ -106,7 +125,10 @@ def _chunks(inv: Invocation, it: Iterator[Any]) -> Iterator[Any]:
             if keep:
                 yield chunk
     except GeneratorExit:
-        raise  # the proxy is being freed: its __del__ or close() decides abandonment
+        # Closed or collected before the end: a ``break``, an exception in the caller's loop
+        # body, or a stream left unread.
+        _end_early(inv, dropped=True)
+        raise
     except BaseException as exc:
         inv.fail(exc)
         raise
@@ -125,7 +147,9 @@ class StreamProxy(_StreamBase):
         gen: Iterator[Any] | None = self._self_gen
         if gen is None:
             it = self._self_it if self._self_it is not None else iter(self.__wrapped__)
-            gen = self._self_gen = _chunks(self._self_inv, it)
+            gen = _chunks(self._self_inv, it)
+            next(gen)  # primed: see _chunks
+            self._self_gen = gen
         return gen
 
     def close(self) -> Any:
@@ -133,7 +157,7 @@ class StreamProxy(_StreamBase):
             close = getattr(self.__wrapped__, "close", None)
             return close() if close is not None else None
         finally:
-            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+            _end_early(self._self_inv)
 
     def __enter__(self) -> StreamProxy:
         enter = getattr(self.__wrapped__, "__enter__", None)
@@ -146,7 +170,7 @@ class StreamProxy(_StreamBase):
             exit_ = getattr(self.__wrapped__, "__exit__", None)
             return exit_(*exc_info) if exit_ is not None else None
         finally:
-            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+            _end_early(self._self_inv, exc_info[1])
 
 
 class AsyncStreamProxy(_StreamBase):
@@ -182,13 +206,13 @@ class AsyncStreamProxy(_StreamBase):
         try:
             return await self._close_wrapped("close")
         finally:
-            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+            _end_early(self._self_inv)
 
     async def aclose(self) -> Any:
         try:
             return await self._close_wrapped("aclose")
         finally:
-            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+            _end_early(self._self_inv)
 
     async def __aenter__(self) -> AsyncStreamProxy:
         enter = getattr(self.__wrapped__, "__aenter__", None)
@@ -201,7 +225,7 @@ class AsyncStreamProxy(_StreamBase):
             exit_ = getattr(self.__wrapped__, "__aexit__", None)
             return (await exit_(*exc_info)) if exit_ is not None else None
         finally:
-            self._self_inv.finish(abandoned=not self._self_inv.usage_seen)
+            _end_early(self._self_inv, exc_info[1])
 
 
 def _is_async_iterable(obj: Any) -> bool:
@@ -214,12 +238,10 @@ def wrap_stream(inv: Invocation, stream: Any) -> Any:
 
 def _deliver(inv: Invocation, parsed: Any) -> Any:
     """Route a parsed result: a stream gets a proxy, anything else is read and finished."""
-    attach = getattr(inv.adapter, "attach_stream", None)
-    if attach is not None:
-        # SDK stream objects whose helpers read an inner stream get the proxy *inside* them.
-        attached = attach(inv, parsed, wrap_stream)
-        if attached is not None:
-            return attached
+    # SDK stream objects whose helpers read an inner stream get the proxy *inside* them.
+    attached = inv.adapter.attach_stream(inv, parsed, wrap_stream)
+    if attached is not None:
+        return attached
     if inv.adapter.is_stream(inv, parsed):
         return wrap_stream(inv, parsed)
     try:
