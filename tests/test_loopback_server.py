@@ -369,3 +369,27 @@ def test_raw_http_routes(server: LoopbackLLMServer) -> None:
     assert status == 200 and headers["Content-Type"] == "text/event-stream"
     assert body.decode().startswith("id:1\nevent:result\n:HTTP_STATUS/200\ndata:{")
     assert b"secret" not in body
+
+
+def test_responses_tool_call_scenario(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "name": "lookup", "strict": True,
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                             "required": ["city", "days"], "additionalProperties": False}}]
+    scenario = {HEADER: "tool_call=1;words=2"}
+    r = client.responses.create(model="gpt-4o", input="one two", tools=tools, extra_headers=scenario)
+    (call,) = r.output
+    assert (call.type, call.name, json.loads(call.arguments)) == ("function_call", "lookup", {"city": "x", "days": 1})
+    assert (r.usage.input_tokens, r.usage.output_tokens) == (2, 2)
+
+    with client.responses.stream(model="gpt-4o", input="one two", tools=tools, extra_headers=scenario) as stream:
+        deltas = "".join(e.delta for e in stream if e.type == "response.function_call_arguments.delta")
+        final = stream.get_final_response()
+    (streamed,) = final.output
+    assert streamed.type == "function_call" and deltas == streamed.arguments == call.arguments
+
+    answered = [{"role": "user", "content": "one two"}, call.model_dump(exclude_none=True),
+                {"type": "function_call_output", "call_id": call.call_id, "output": "three"}]
+    done = client.responses.create(model="gpt-4o", input=answered, tools=tools, extra_headers=scenario)
+    assert done.output_text == "lorem ipsum" and done.usage.input_tokens == 3
+    # Without the scenario key, tools are ignored as before.
+    assert client.responses.create(model="gpt-4o", input="one", tools=tools).output[0].type == "message"

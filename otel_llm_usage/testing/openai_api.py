@@ -6,7 +6,9 @@ OpenAI-compatible mode) and ``/openai/deployments/{deployment}`` (Azure,
 where the deployment name stands in for a missing ``model``):
 
 * ``POST chat/completions`` - JSON or SSE (``stream_options.include_usage``)
-* ``POST responses``        - JSON or the typed ``response.*`` SSE events
+* ``POST responses``        - JSON or the typed ``response.*`` SSE events; with the
+  ``tool_call`` scenario, a ``function_call`` to the first function tool until a tool result
+  comes back
 * ``POST embeddings``       - float or base64 (the SDK's default) vectors
 * ``POST completions``      - legacy text completions, JSON or SSE
 * ``GET  models``
@@ -313,15 +315,41 @@ def _responses_schema(body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool
     return None, fmt.get("type") == "json_object"
 
 
+def _function_call(body: dict[str, Any], scenario: Scenario) -> dict[str, Any] | None:
+    """The ``function_call`` output item of a ``tool_call`` scenario, or None to answer with text.
+
+    Arguments are a minimal instance of the tool's parameter schema (structure, like ``parse()``
+    replies, never request content). Once the input carries a tool result, the loop is over."""
+    if not scenario.tool_call:
+        return None
+    items = body.get("input")
+    if isinstance(items, list) and any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in items):
+        return None
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str):
+            params = tool.get("parameters") if isinstance(tool.get("parameters"), dict) else {}
+            return {
+                "type": "function_call",
+                "id": _new_id("fc_"),
+                "call_id": _new_id("call_"),
+                "name": tool["name"],
+                "arguments": json.dumps(_sample(params, params.get("$defs") or {}) if params else {}),
+                "status": "completed",
+            }
+    return None
+
+
 def responses(ex: Exchange) -> None:
     body, scenario = ex.body, ex.scenario
+    call = _function_call(body, scenario)
     schema, json_object = _responses_schema(body)
     text = _reply_text(scenario, schema, json_object)
     pieces = _pieces(text)
     prompt = scenario.input_tokens(
         count_words([*_texts(body.get("input")), *_texts(body.get("instructions"))])
     )
-    completion = scenario.output_tokens(len(pieces))
+    # A tool call bills the scenario's ``words`` as output, whatever its arguments' length.
+    completion = scenario.output_tokens() if call else scenario.output_tokens(len(pieces))
 
     def usage(n: UsageNumber) -> dict[str, Any]:
         return {
@@ -341,7 +369,7 @@ def responses(ex: Exchange) -> None:
         "created_at": int(time.time()),
         "status": "completed",
         "model": _model(ex),
-        "output": [item],
+        "output": [call or item],
         "error": None,
         "incomplete_details": None,
         "instructions": None,
@@ -367,12 +395,19 @@ def responses(ex: Exchange) -> None:
     pending = {**response, "status": "in_progress", "output": [], "usage": None}
     emit("response.created", response=pending)
     emit("response.in_progress", response=pending)
-    where = {"item_id": item_id, "output_index": 0}
-    emit("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
-    emit("response.content_part.added", **where, content_index=0, part={**part, "text": ""})
-    for piece in pieces:
-        emit("response.output_text.delta", **where, content_index=0, delta=piece, logprobs=[])
-    emit("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
-    emit("response.content_part.done", **where, content_index=0, part=part)
-    emit("response.output_item.done", output_index=0, item=item)
+    output = call or item
+    where = {"item_id": output["id"], "output_index": 0}
+    if call is not None:
+        emit("response.output_item.added", output_index=0, item={**call, "status": "in_progress", "arguments": ""})
+        for piece in _pieces(call["arguments"]):
+            emit("response.function_call_arguments.delta", **where, delta=piece)
+        emit("response.function_call_arguments.done", **where, arguments=call["arguments"])
+    else:
+        emit("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
+        emit("response.content_part.added", **where, content_index=0, part={**part, "text": ""})
+        for piece in pieces:
+            emit("response.output_text.delta", **where, content_index=0, delta=piece, logprobs=[])
+        emit("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
+        emit("response.content_part.done", **where, content_index=0, part=part)
+    emit("response.output_item.done", output_index=0, item=output)
     emit("response.completed", response=response)

@@ -70,6 +70,9 @@ class Scenario:
     sse_error: bool = False
     reset_body: bool = False  # non-stream: send half of a JSON body, then drop the connection
     extra_fields: bool = False  # add unknown fields to responses, as a newer API version would
+    # Responses API: when the request offers function tools and carries no tool result yet, call the
+    # first tool instead of answering, so agent loops (call, run the tool, answer) can be driven.
+    tool_call: bool = False
     source: str = field(default="", compare=False)
 
     _USAGE_VARIANTS: ClassVar[tuple[str, ...]] = ("null", "negative", "string", "huge")
@@ -142,6 +145,7 @@ _KINDS: dict[str, type] = {
     "sse_error": bool,
     "reset_body": bool,
     "extra_fields": bool,
+    "tool_call": bool,
 }
 
 
