@@ -65,6 +65,8 @@ METRIC_BUDGET_USED = "llm.budget.used"
 METRIC_BUDGET_UTILIZATION = "llm.budget.utilization"
 METRIC_BUDGET_EVENTS = "llm.budget.events"
 METRIC_UNPRICED = "llm.pricing.unpriced_requests"
+# Observable gauge, unit "d": Prometheus ``llm_pricing_catalog_age_days``.
+METRIC_CATALOG_AGE = "llm.pricing.catalog.age"
 METRIC_HOURLY_COST = "llm.usage.hourly_cost"
 METRIC_INTERNAL_ERRORS = "llm.usage.internal_errors"
 

@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ._names import ATTRIBUTION_LABELS
+from ._yamlpos import dotted as _dotted
+from ._yamlpos import line_of as _line_of
 from .budgets.config import BudgetConfig
 from .errors import ConfigError
 from .pricing.models import PricingSettings
@@ -43,6 +45,8 @@ class AttributionSettings(_Strict):
     max_label_length: int = Field(128, ge=8, le=4096)
     hash_users: bool = False
     hash_key: str | None = None
+    # Carry the submitter's attribution into ThreadPoolExecutor tasks (loop.run_in_executor).
+    propagate_to_threads: bool = True
 
     @field_validator("metric_labels", mode="before")
     @classmethod
@@ -105,6 +109,7 @@ _ENV_KEYS: dict[str, tuple[str, ...]] = {
     "METRIC_LABELS": ("attribution", "metric_labels"),
     "MAX_LABEL_VALUES": ("attribution", "max_label_values"),
     "HASH_USERS": ("attribution", "hash_users"),
+    "PROPAGATE_TO_THREADS": ("attribution", "propagate_to_threads"),
     "HASH_KEY": ("attribution", "hash_key"),
     "CURRENCY": ("pricing", "currency"),
 }
@@ -150,9 +155,34 @@ def load_config(
             target[key_path[-1]] = env[name]
             env_sources[key_path] = name
     try:
-        return Config.model_validate({**data, "source": source})
+        config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source, root, env_sources)) from None
+    return _with_catalog_files(config, root)
+
+
+def _with_catalog_files(config: Config, root: yaml.Node | None) -> Config:
+    """Resolve ``pricing.catalog_files`` against the config file's directory and validate each file now,
+    so a bad price fails at start-up naming both the config line and the catalog's ``file:line``."""
+    from .pricing.catalog import CatalogError, load_catalog_file
+
+    files = config.pricing.catalog_files
+    if not files:
+        return config
+    base = Path(config.source).parent if config.source else Path.cwd()
+    resolved = [str(p if (p := Path(f).expanduser()).is_absolute() else base / p) for f in files]
+    problems = []
+    for index, path in enumerate(resolved):
+        try:
+            load_catalog_file(path)
+        except CatalogError as exc:
+            line = _line_of(root, ("pricing", "catalog_files", index))
+            where = f"{config.source}:{line}" if config.source and line else (config.source or "<defaults>")
+            problems.append(f"{where}: pricing.catalog_files[{index}]: " + str(exc).replace("\n", "\n    "))
+    if problems:
+        raise ConfigError("invalid otel-llm-usage configuration\n  " + "\n  ".join(problems))
+    pricing = config.pricing.model_copy(update={"catalog_files": resolved})
+    return config.model_copy(update={"pricing": pricing})
 
 
 def _describe(
@@ -173,34 +203,3 @@ def _describe(
             where = f"{source}:{line}" if source and line else (source or "<defaults>")
         lines.append(f"{where}: {key}: {err['msg']}")
     return "invalid otel-llm-usage configuration\n  " + "\n  ".join(lines)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<root>"
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the deepest YAML node on ``loc`` that exists."""
-    if node is None:
-        return None
-    line = node.start_mark.line + 1
-    for part in loc:
-        child = None
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == part:
-                    line = k.start_mark.line + 1
-                    child = v
-                    break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            child = node.value[part]
-            line = child.start_mark.line + 1
-        if child is None:
-            break
-        node = child
-    return line
-
-

@@ -131,6 +131,7 @@ class Runtime:
         )
         self.budgets.register_gauges(self.telemetry.meter)
         self._register_hourly_cost()
+        self._watch_catalog_ages(clock)
         self.budgets.start(config.budget_check_interval)
         self._meter_provider = meter_provider
         self._tracer_provider = tracer_provider
@@ -186,10 +187,19 @@ class Runtime:
             N.METRIC_HOURLY_COST, [observe],
             description="Accrued runtime cost of hourly-billed (self-hosted) models, in their currency.")
 
+    def _watch_catalog_ages(self, clock: Callable[[], float]) -> None:
+        """The catalog age gauge, and one start-up warning when a catalog in use is stale."""
+        from .pricing.freshness import catalog_rows, today_utc, warn_if_stale
+
+        stage = self.pricer.stage
+        self.telemetry.register_catalog_age(
+            lambda: catalog_rows(stage.catalog, today_utc(clock()), stage.used_catalogs))
+        warn_if_stale(stage.catalog.catalogs, today_utc(clock()))
+
     def _priced_entry(self, record: UsageRecord) -> tuple[PriceEntry, str] | None:
         """The catalog entry that prices a budgeted call before it is sent, and its currency."""
         stage = self.pricer.stage
-        entry = stage.catalog.lookup(record.provider, record.model, record.server_address)
+        entry = stage.entry_for(record)
         if entry is None or not entry.is_priced:
             return None
         return entry, entry.currency or stage.settings.currency
@@ -198,7 +208,8 @@ class Runtime:
         from .pricing import compute_cost
 
         priced = self._priced_entry(record)
-        return None if priced is None else (compute_cost(priced[0], tokens, record.request_params), priced[1])
+        return None if priced is None else (
+            compute_cost(priced[0], tokens, record.request_params, at=record.timestamp), priced[1])
 
     def _flat_rates(self, record: UsageRecord) -> tuple[Decimal, Decimal, str] | None:
         """Per-1M (input, output) prices and currency when the call's price is flat; zero if unpriced."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -260,6 +260,21 @@ class Telemetry:
             self.token_usage.record(record.tokens.input_tokens, input_attrs)
             if record.operation != N.OP_EMBEDDINGS:
                 self.token_usage.record(record.tokens.output_tokens, output_attrs)
+
+    def register_catalog_age(self, rows: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        """``llm_pricing_catalog_age_days``: one series per price catalog, its age at collection time.
+
+        ``rows`` yields :func:`otel_llm_usage.pricing.freshness.catalog_rows`-shaped mappings; ``in_use``
+        says whether the catalog priced a call in this process (what the stale-catalog alert keys on)."""
+        def observe(options: CallbackOptions) -> list[Observation]:
+            return [Observation(row["age_days"], {
+                "catalog": row["catalog"], "provider": row["provider"], "region": row["region"] or "",
+                "currency": row["currency"], "read_on": row["read_on"],
+                "in_use": "true" if row["in_use"] else "false"}) for row in rows()]
+
+        self.meter.create_observable_gauge(
+            N.METRIC_CATALOG_AGE, [observe], unit="d",
+            description="Days since the prices of a catalog were read (its oldest current entry).")
 
     def budget_event(self, budget: str, scope: str, level: str) -> None:
         self.budget_events.add(1, {"budget": budget, "scope": self.labels.value("budget_scope", scope), "level": level})

@@ -57,6 +57,23 @@ TIERED = PriceEntry.model_validate({
     ],
 })
 
+# GLM-4.5-like: in the first input band, answers of at most 200 tokens bill lower (listed first).
+BANDED = PriceEntry.model_validate({
+    "provider": "test", "model": "banded", "currency": "CNY",
+    "tiers": [
+        {"max_input_tokens": 32_000, "max_output_tokens": 200, "input": "2", "cached_input": "0.4", "output": "8"},
+        {"max_input_tokens": 32_000, "input": "3", "cached_input": "0.6", "output": "14"},
+        {"max_input_tokens": 128_000, "input": "4", "cached_input": "0.8", "output": "16"},
+    ],
+})
+# DeepSeek-like: list (peak) prices, off-peak windows at half price in Beijing time.
+WINDOWED = make_entry(provider="test", model="windowed", currency="CNY", input="2", cached_input="0.04", output="8",
+                      time_windows=[
+                          {"name": "off-peak-weekday", "timezone": "Asia/Shanghai", "weekdays": [1, 2, 3, 4, 5],
+                           "hours": ["00:00-09:00", "12:00-14:00", "18:00-24:00"], "multiplier": "0.5"},
+                          {"name": "off-peak-weekend", "timezone": "Asia/Shanghai", "weekdays": [6, 7],
+                           "hours": ["00:00-24:00"], "multiplier": "0.5"}])
+
 
 def tok(inp: int = 0, out: int = 0, cached: int = 0, write: int = 0, reasoning: int = 0) -> TokenUsage:
     return TokenUsage(input_tokens=inp, output_tokens=out, cached_input_tokens=cached,
@@ -252,12 +269,25 @@ def rec(provider: str, model: str, tokens: TokenUsage, **kw: Any) -> UsageRecord
 
 
 def test_stage_prices_record() -> None:
-    stage = PricingStage(load_catalog(PricingSettings()), PricingSettings())
-    record = rec("openai", "gpt-4o", tok(1000, 1000))
+    entry = make_entry(provider="openai", model="gpt-test", currency="USD", input="2.5", output="10",
+                       source="bundled:test.yaml@2026-11-30")
+    stage = PricingStage(PriceCatalog(bundled=[entry]), PricingSettings())
+    record = rec("openai", "gpt-test", tok(1000, 1000))
     stage.process(record)
     # 1000*2.5 + 1000*10 = 12500 -> 0.0125 USD
     assert (record.cost, record.currency) == (Decimal("0.0125"), "USD")
-    assert record.price_source == "bundled:openai.yaml@2025-10-01"
+    assert record.price_source == "bundled:test.yaml@2026-11-30"
+
+
+def test_stage_source_names_the_bundled_catalog() -> None:
+    catalog = load_catalog(PricingSettings())
+    record = rec("openai", "gpt-4o-mini", tok(1000, 1000))
+    PricingStage(catalog, PricingSettings()).process(record)
+    entry = catalog.lookup("openai", "gpt-4o-mini")
+    assert entry is not None
+    file = catalog.catalog_of(entry)
+    assert file is not None and file.name == "openai.yaml"
+    assert record.price_source == f"bundled:openai.yaml@{file.file_read_on.isoformat()}" == file.key
 
 
 def test_stage_unknown_model(caplog: pytest.LogCaptureFixture) -> None:
@@ -275,15 +305,19 @@ def test_stage_unknown_model(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_stage_status_rules() -> None:
-    stage = PricingStage(PriceCatalog(), PricingSettings())
-    blocked = rec("openai", "gpt-4o", tok(), status="blocked")
+    catalog = PriceCatalog(bundled=[
+        make_entry(provider="openai", model="gpt-test", currency="USD", input="2.5", output="10"),
+        make_entry(provider="deepseek", model="ds-test", currency="CNY", input="2", output="3"),
+    ])
+    stage = PricingStage(catalog, PricingSettings())
+    blocked = rec("openai", "gpt-test", tok(), status="blocked")
     stage.process(blocked)
     assert blocked.cost == Decimal(0) and blocked.currency == "USD"
     blocked_unknown = rec("x.example", "nope", tok(), status="blocked")
     stage.process(blocked_unknown)
     assert blocked_unknown.cost is None
-    # an error that still reported usage is billed: 1000*2 + 0 = 2000 -> 0.002 CNY (deepseek-chat)
-    errored = rec("deepseek", "deepseek-chat", tok(1000, 0), status="error", error_type="Timeout")
+    # an error that still reported usage is billed: 1000*2 + 0 = 2000 -> 0.002 CNY
+    errored = rec("deepseek", "ds-test", tok(1000, 0), status="error", error_type="Timeout")
     stage.process(errored)
     assert (errored.cost, errored.currency) == (Decimal("0.002"), "CNY")
 
@@ -439,7 +473,8 @@ def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "otel-llm-usage.yaml"
     path.write_text(
         "pricing:\n  currency: CNY\n  exchange_rates: {USD: 7.1}\n  models:\n"
-        "    - {provider: openai, model: my-ft-model, currency: USD, input: 3.0, output: 12.0}\n",
+        "    - {provider: openai, model: my-ft-model, currency: USD, input: 3.0, output: 12.0}\n"
+        "    - {provider: deepseek, model: ds-cached, currency: CNY, input: 2, cached_input: 0.2, output: 3}\n",
         encoding="utf-8",
     )
     return path
@@ -469,15 +504,15 @@ def test_cli_estimate(config_file: Path) -> None:
                                         "--provider", "dashscope", "--region", "cn", "--thinking"])
     assert result.exit_code == 0, result.output
     assert "cost: 0.0088 CNY" in result.output
-    # cached + reasoning on deepseek: 600*2 + 400*0.2 + 1000*3 = 1200 + 80 + 3000 = 4280 -> 0.00428 CNY
-    result = runner.invoke(prices_app, ["estimate", "deepseek-reasoner", "--input", "1000", "--cached", "400",
-                                        "--output", "1000", "--reasoning", "600"])
+    # cached + reasoning: 600*2 + 400*0.2 + 1000*3 = 1200 + 80 + 3000 = 4280 -> 0.00428 CNY
+    result = runner.invoke(prices_app, ["estimate", "ds-cached", "--input", "1000", "--cached", "400",
+                                        "--output", "1000", "--reasoning", "600", "--config", str(config_file)])
     assert "cost: 0.00428 CNY" in result.output
     result = runner.invoke(prices_app, ["estimate", "no-such-model", "--input", "1"])
     assert result.exit_code == 1
 
 
-def test_cli_mounted_as_subcommand() -> None:
+def test_cli_mounted_as_subcommand(config_file: Path) -> None:
     app = typer.Typer()
     app.add_typer(prices_app, name="prices")
 
@@ -489,13 +524,14 @@ def test_cli_mounted_as_subcommand() -> None:
     listed = runner.invoke(app, ["prices", "deepseek-chat"])
     assert listed.exit_code == 0 and "deepseek-chat" in listed.output
     # 10*2 + 10*3 = 50 -> 0.00005 CNY
-    estimated = runner.invoke(app, ["prices", "estimate", "deepseek-chat", "--input", "10", "--output", "10"])
+    estimated = runner.invoke(app, ["prices", "estimate", "ds-cached", "--input", "10", "--output", "10",
+                                    "--config", str(config_file)])
     assert estimated.exit_code == 0 and "cost: 0.00005 CNY" in estimated.output
 
 
 # --- properties ------------------------------------------------------------------------
 
-PRICEABLE = [e for e in load_bundled() if e.is_priced] + [FLAT, NO_CACHE, RATIO, TIERED, EMBED]
+PRICEABLE = [e for e in load_bundled() if e.is_priced] + [FLAT, NO_CACHE, RATIO, TIERED, EMBED, BANDED, WINDOWED]
 
 
 @settings(max_examples=300, database=None, deadline=None)
@@ -525,19 +561,23 @@ def test_cached_never_costs_more(entry: PriceEntry, inp: int, cached_frac: float
 
 
 _TIER_BOUNDS = sorted({b + d for e in PRICEABLE for t in e.tiers if (b := t.max_input_tokens) for d in (-1, 0, 1)})
+_OUT_BOUNDS = sorted({b + d for e in PRICEABLE for t in e.tiers if (b := t.max_output_tokens) for d in (-1, 0, 1)})
 
 
 @settings(max_examples=800, database=None, deadline=None)
 @given(entry=st.sampled_from(PRICEABLE),
        inp=st.one_of(st.integers(0, 3_000_000), st.sampled_from(_TIER_BOUNDS)), cached=st.integers(0, 3_000_000),
-       write=st.integers(0, 3_000_000), out=st.integers(0, 500_000), reasoning=st.integers(0, 500_000),
-       batch=st.booleans(), thinking=st.sampled_from([None, True, False, "true", "0"]))
+       write=st.integers(0, 3_000_000), out=st.one_of(st.integers(0, 500_000), st.sampled_from(_OUT_BOUNDS)),
+       reasoning=st.integers(0, 500_000),
+       batch=st.booleans(), thinking=st.sampled_from([None, True, False, "true", "0"]),
+       at=st.one_of(st.none(), st.floats(1.7e9, 1.9e9)))
 def test_integer_fast_path_gives_the_reference_decimal(
     entry: PriceEntry, inp: int, cached: int, write: int, out: int, reasoning: int, batch: bool, thinking: Any,
+    at: float | None,
 ) -> None:
     """compute_cost prices in integers; it must equal the Decimal rules exactly, exponent included
     (the ledger stores the string), for every bundled and hand-made entry: tiers at and around their
-    bounds, thinking prices, batch discounts, cache buckets."""
+    bounds, output bands, time windows, thinking prices, batch discounts, cache buckets."""
     from otel_llm_usage.pricing.compute import (
         apply_batch,
         price_buckets,
@@ -557,10 +597,11 @@ def test_integer_fast_path_gives_the_reference_decimal(
         reference = Decimal(0)
     else:
         buckets = split_tokens(tokens)
-        rates = rates_for(entry, buckets.uncached_input + buckets.cached_input + buckets.cache_write)
+        rates = rates_for(entry, buckets.uncached_input + buckets.cached_input + buckets.cache_write,
+                          buckets.output, at)
         reference = apply_batch(entry, price_buckets(rates, buckets, thinking=thinking_mode(tokens, params),
                                                      embedding=entry.kind == "embedding"), params)
-    cost = compute_cost(entry, tokens, params)
+    cost = compute_cost(entry, tokens, params, at=at)
     assert str(cost) == str(reference)
 
 

@@ -86,7 +86,7 @@ def test_alerts_use_only_exported_metric_names() -> None:
     # plus the recording rules defined next to the alerts.
     known = {"llm_usage_requests_total", "llm_usage_tokens_total", "llm_usage_cost_total",
              "llm_pricing_unpriced_requests_total", "llm_budget_limit", "llm_budget_used",
-             "llm_budget_utilization", "llm_budget_events_total",
+             "llm_budget_utilization", "llm_budget_events_total", "llm_pricing_catalog_age_days",
              "gen_ai_client_operation_duration_seconds_bucket", "up"}
     rules = R.load_rule_files(RULE_FILES)
     known |= {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}

@@ -16,11 +16,14 @@ _SUFFIXES = (
     ("api.openai.com", "openai"),
     ("dashscope.aliyuncs.com", "dashscope"),
     ("dashscope-intl.aliyuncs.com", "dashscope"),
+    ("dashscope-us.aliyuncs.com", "dashscope"),
+    ("maas.aliyuncs.com", "dashscope"),  # <workspace>.<region>.maas.aliyuncs.com (Model Studio workspaces)
     ("api.deepseek.com", "deepseek"),
     ("open.bigmodel.cn", "zhipu"),
     ("openai.azure.com", "azure.ai.openai"),
     ("cognitiveservices.azure.com", "azure.ai.openai"),
     ("api.moonshot.cn", "moonshot"),
+    ("api.moonshot.ai", "moonshot"),
 )
 
 

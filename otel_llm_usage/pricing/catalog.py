@@ -11,19 +11,33 @@ Resolution order for ``lookup(provider, model, server_address)``:
    ``server_address`` host (``dashscope.aliyuncs.com``, ``api.deepseek.com`` ...) wins over
    the reported provider, because OpenAI-compatible clients report ``openai`` whatever host
    they talk to. Unknown hosts stay as they are (config entries may name them).
-2. DashScope region: ``server_address`` containing ``dashscope-intl`` selects the
-   international (Singapore, USD) entries, anything else the China (Beijing, CNY) ones.
-3. Config entries first (exact id/alias, then patterns), then bundled entries (exact, then
-   patterns). Config entries with no ``provider`` match any provider.
+2. DashScope region, from the host: ``dashscope-intl`` -> ``intl`` (Singapore),
+   ``cn-hongkong.dashscope.aliyuncs.com`` -> ``hk``, ``dashscope-us.aliyuncs.com`` -> ``us``,
+   ``<workspace>.<region-id>.maas.aliyuncs.com`` -> the region of that id, anything else ``cn``
+   (Beijing). A region with no price data leaves the call unpriced, never priced as another region.
+3. Config entries first (exact id/alias, then patterns), then user catalog files
+   (``pricing.catalog_files``), then bundled entries. Config entries with no ``provider`` match
+   any provider.
 4. Still nothing: retry with a normalised name (``openai/gpt-4o`` -> ``gpt-4o``, a trailing
    date snapshot ``-2024-08-06``/``-0613``/``-250115`` or ``-latest`` removed).
+5. :meth:`PriceCatalog.resolve` only: a host that is neither known nor mapped (an OpenAI-compatible
+   gateway the instrumentation reports by its hostname) is priced by the exact model id or alias
+   when exactly one catalog has it, or several at the same price (``inferred``); when catalogs
+   disagree it stays unpriced and the candidates are returned for the caller to name.
+   ``provider_hosts`` in config maps such a host to a provider and so wins over this.
 
 A config entry naming a model the bundle already has is merged over it: metadata fields
 (aliases, patterns, currency, batch discount, cache ratios) are inherited unless given, but
 if the override gives any price (input, output, cached_input, cache_write, thinking_output,
 tiers, volume) the bundled prices are replaced as a whole, so a new input price is never
-paired with a stale bundled cached price. A brand-new config entry needs
+paired with a stale bundled cached price (time windows count as prices; the bundled read_on and
+cited describe the bundled figures and are dropped with them). A brand-new config entry needs
 ``input`` and, for chat models, ``output``; its currency defaults to the reporting currency.
+
+Catalog files (bundled ``data/*.yaml`` and user ``catalog_files``) share one schema: file-level
+``source``, ``read_on``, ``provider``, ``currency``, optional ``region``, ``note`` and ``defaults``,
+and ``models``, a list of :class:`~otel_llm_usage.pricing.models.PriceEntry`. Entries default their
+``cited`` and ``read_on`` to the file's ``source`` and ``read_on``. Errors name ``file:line: key``.
 """
 
 from __future__ import annotations
@@ -32,26 +46,37 @@ import datetime as _dt
 import fnmatch
 import functools
 import importlib.resources
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .models import PriceEntry, PricingSettings, Region
+from .._yamlpos import dotted, line_of
+from .models import REGIONS, PriceEntry, PricingSettings
 
 __all__ = [
     "BUNDLED_FILES",
+    "CatalogError",
+    "CatalogFile",
     "PriceCatalog",
+    "Resolution",
+    "bundled_catalogs",
     "canonical_provider",
     "dashscope_region",
     "display_price",
     "load_bundled",
     "load_catalog",
+    "load_catalog_file",
+    "parse_catalog",
 ]
 
+# Listed first, in this order; any other data/*.yaml catalog follows in name order.
 BUNDLED_FILES = (
     "openai.yaml",
     "dashscope-cn.yaml",
@@ -60,6 +85,8 @@ BUNDLED_FILES = (
     "zhipu.yaml",
     "volcengine.yaml",
 )
+# data/ files that are not catalogs (the cross-check's explained differences live beside the data).
+_NOT_CATALOGS = frozenset({"genai-prices-differences.yaml"})
 
 _PROVIDER_ALIASES = {
     "openai": "openai",
@@ -80,25 +107,37 @@ _PROVIDER_ALIASES = {
     "volcano": "volcengine",
     "doubao": "volcengine",
     "ark": "volcengine",
+    "moonshot": "moonshot",
+    "moonshotai": "moonshot",
+    "kimi": "moonshot",
 }
 
 # Host suffixes of the providers' own endpoints (checked with endswith on the hostname).
 _HOST_PROVIDERS = (
     ("dashscope-intl.aliyuncs.com", "dashscope"),
+    ("dashscope-us.aliyuncs.com", "dashscope"),
     ("dashscope.aliyuncs.com", "dashscope"),
+    ("maas.aliyuncs.com", "dashscope"),  # Model Studio workspace endpoints: <ws>.<region-id>.maas...
     ("api.openai.com", "openai"),
     ("openai.azure.com", "openai"),
     ("cognitiveservices.azure.com", "openai"),
     ("api.deepseek.com", "deepseek"),
     ("bigmodel.cn", "zhipu"),
     ("volces.com", "volcengine"),
+    ("api.moonshot.cn", "moonshot"),
+    ("api.moonshot.ai", "moonshot"),
 )
+# Provider names that are not a hostname: a call reported under one of them is never priced by
+# model name alone (the user, or the host table, said which provider it is).
+_NAMED_PROVIDERS = frozenset({*_PROVIDER_ALIASES, *_PROVIDER_ALIASES.values(), *(n for _, n in _HOST_PROVIDERS)})
+# Model Studio region ids in maas.aliyuncs.com hosts -> the catalog region that prices them.
+_MAAS_REGIONS = {"cn-beijing": "cn", "ap-southeast-1": "intl", "cn-hongkong": "hk", "us-east-1": "us"}
 
 # Trailing snapshot markers: -2024-08-06, -20240806, -0613, -250115, -latest.
 _SNAPSHOT_SUFFIX = re.compile(r"(?:-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{6}|\d{4}|latest))$")
 _MEMO_LIMIT = 4096
 _PRICE_FIELDS = frozenset(
-    {"input", "output", "cached_input", "cache_write", "thinking_output", "tiers", "volume"}
+    {"input", "output", "cached_input", "cache_write", "thinking_output", "tiers", "volume", "time_windows"}
 )
 
 
@@ -129,8 +168,24 @@ def canonical_provider(provider: str | None, server_address: str | None = None) 
     return raw or "unknown"
 
 
-def dashscope_region(server_address: str | None) -> Region:
-    return "intl" if "dashscope-intl" in (server_address or "").lower() else "cn"
+def _host_is(host: str, suffix: str) -> bool:
+    return host == suffix or host.endswith("." + suffix)
+
+
+def dashscope_region(server_address: str | None) -> str:
+    """The DashScope price region of an endpoint (see the module docstring). A Model Studio region
+    this catalog has no prices for comes back as its own id, which no entry carries: unpriced."""
+    if "dashscope-intl" in (server_address or "").lower():
+        return "intl"
+    host = _hostname(server_address)
+    if _host_is(host, "dashscope-us.aliyuncs.com"):
+        return "us"
+    if _host_is(host, "cn-hongkong.dashscope.aliyuncs.com"):
+        return "hk"
+    if host.endswith(".maas.aliyuncs.com"):
+        region_id = host[: -len(".maas.aliyuncs.com")].rsplit(".", 1)[-1]
+        return _MAAS_REGIONS.get(region_id, region_id)
+    return "cn"
 
 
 def _compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -140,48 +195,194 @@ def _compile_pattern(pattern: str) -> re.Pattern[str]:
 
 
 class _CatalogFile(BaseModel):
-    """The shape of one bundled ``data/*.yaml`` file."""
+    """The shape of one catalog file (bundled ``data/*.yaml`` or a user ``catalog_files`` entry)."""
 
     model_config = ConfigDict(extra="forbid")
 
     source: str
-    read_on: str
+    read_on: _dt.date
     provider: str
     currency: str
-    region: Region | None = None
+    region: str | None = None
     note: str | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)
     models: list[dict[str, Any]]
 
 
-def _parse_file(name: str, text: str) -> list[PriceEntry]:
-    raw = yaml.safe_load(text)
-    if isinstance(raw, dict) and isinstance(raw.get("read_on"), _dt.date):
-        raw["read_on"] = raw["read_on"].isoformat()
-    header = _CatalogFile.model_validate(raw)
-    entries = []
-    for item in header.models:
+class CatalogError(ValueError):
+    """A catalog file that cannot be used; the message has one ``file:line: key: problem`` per line."""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogFile:
+    """One loaded catalog: its file, what it prices, how old its figures are, and its entries."""
+
+    name: str  # file name (bundled) or path as configured (user)
+    origin: str  # "bundled" or "catalog" (a user file)
+    provider: str
+    region: str | None
+    currency: str
+    file_read_on: _dt.date
+    source: str  # the file's own ``source`` text
+    key: str  # what its entries carry as ``source`` (and records as ``price_source``)
+    entries: tuple[PriceEntry, ...]
+    note: str | None = None
+
+    def read_on(self, today: _dt.date) -> _dt.date:
+        """The oldest read date of the entries still on sale at ``today``: a catalog is as stale as its
+        stalest current price (retired models keep their last price, which no longer changes)."""
+        dates = [e.read_on for e in self.entries
+                 if e.read_on is not None and (e.retired_on is None or e.retired_on > today)]
+        return min(dates, default=self.file_read_on)
+
+    def age_days(self, today: _dt.date) -> int:
+        return (today - self.read_on(today)).days
+
+
+def _error_lines(exc: ValidationError, where: str, root: yaml.Node | None,
+                 prefix: tuple[Any, ...] = ()) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = (*prefix, *err["loc"])
+        out.append(f"{where}:{line_of(root, loc) or 1}: {dotted(loc)}: {err['msg']}")
+    return out
+
+
+def _documents(where: str, text: str) -> list[tuple[yaml.Node, Any]]:
+    try:
+        roots = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise CatalogError(f"{where}:{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    pairs = [(root, doc) for root, doc in zip(roots, docs, strict=True) if doc is not None]
+    if not pairs:
+        raise CatalogError(f"{where}:1: no catalog in the file")
+    return pairs
+
+
+def parse_catalog(name: str, text: str, *, origin: str = "bundled",
+                  where: str | None = None) -> tuple[CatalogFile, ...]:
+    """Every catalog in ``text`` (one per YAML document), validated; errors as ``file:line: key: problem``."""
+    where = where or name
+    pairs = _documents(where, text)
+    catalogs = []
+    for position, (root, raw) in enumerate(pairs):
+        if not isinstance(raw, dict):
+            raise CatalogError(f"{where}:{root.start_mark.line + 1}: a catalog is a mapping with source, read_on, "
+                               f"provider, currency and models")
+        try:
+            header = _CatalogFile.model_validate(raw)
+        except ValidationError as exc:
+            raise CatalogError("\n".join(_error_lines(exc, where, root))) from None
+        label = name if len(pairs) == 1 else f"{name}[{position}]"
+        key = f"{origin}:{label}@{header.read_on.isoformat()}"
+        entries, errors = _parse_entries(header, key, where, root)
+        if errors:
+            raise CatalogError("\n".join(errors))
+        catalogs.append(CatalogFile(name=label, origin=origin, provider=header.provider.strip().lower(),
+                                    region=header.region, currency=header.currency.strip().upper(),
+                                    file_read_on=header.read_on, source=header.source, key=key,
+                                    entries=tuple(entries), note=header.note))
+    return tuple(catalogs)
+
+
+def _parse_entries(header: _CatalogFile, key: str, where: str, root: yaml.Node) -> tuple[list[PriceEntry], list[str]]:
+    entries: list[PriceEntry] = []
+    errors: list[str] = []
+    seen: dict[tuple[str | None, str | None, str], int] = {}
+    for index, item in enumerate(header.models):
         data = {**header.defaults, **item}
         data.setdefault("provider", header.provider)
         data.setdefault("currency", header.currency)
+        data.setdefault("read_on", header.read_on)
+        data.setdefault("cited", header.source)
         if header.region is not None:
             data.setdefault("region", header.region)
-        data["source"] = f"bundled:{name}@{header.read_on}"
+        data["source"] = key
         try:
-            entries.append(PriceEntry.model_validate(data))
+            entry = PriceEntry.model_validate(data)
         except ValidationError as exc:
-            raise ValueError(f"bundled price file {name}, model {item.get('model')!r}: {exc}") from exc
-    return entries
+            errors += _error_lines(exc, where, root, ("models", index))
+            continue
+        for alias in (entry.model, *entry.aliases):
+            name_key = (entry.provider, entry.region, alias.lower())
+            if name_key in seen:
+                line = line_of(root, ("models", index))
+                errors.append(f"{where}:{line}: models[{index}]: {alias!r} is already priced by "
+                              f"models[{seen[name_key]}]")
+            seen.setdefault(name_key, index)
+        entries.append(entry)
+    return entries, errors
+
+
+def _bundled_names(root: Any) -> list[str]:
+    present = {p.name for p in root.iterdir() if p.name.endswith(".yaml") and p.name not in _NOT_CATALOGS}
+    return [n for n in BUNDLED_FILES if n in present] + sorted(present - set(BUNDLED_FILES))
 
 
 @functools.lru_cache(maxsize=1)
-def load_bundled() -> tuple[PriceEntry, ...]:
-    """Parse the bundled catalog once per process (``importlib.resources``: works from a wheel)."""
+def bundled_catalogs() -> tuple[CatalogFile, ...]:
+    """Parse the bundled catalogs once per process (``importlib.resources``: works from a wheel)."""
     root = importlib.resources.files("otel_llm_usage.pricing").joinpath("data")
-    entries: list[PriceEntry] = []
-    for name in BUNDLED_FILES:
-        entries.extend(_parse_file(name, root.joinpath(name).read_text(encoding="utf-8")))
-    return tuple(entries)
+    out: list[CatalogFile] = []
+    for name in _bundled_names(root):
+        out.extend(parse_catalog(name, root.joinpath(name).read_text(encoding="utf-8")))
+    return tuple(out)
+
+
+def load_bundled() -> tuple[PriceEntry, ...]:
+    """Every bundled entry, catalog by catalog."""
+    return tuple(e for catalog in bundled_catalogs() for e in catalog.entries)
+
+
+def load_catalog_file(path: str | os.PathLike[str]) -> tuple[CatalogFile, ...]:
+    """A user catalog file (parsed again only when it changes on disk)."""
+    shown = os.fspath(path)
+    try:
+        stat = Path(shown).stat()
+    except OSError as exc:
+        raise CatalogError(f"{shown}: cannot read catalog file: {exc.strerror or exc}") from None
+    return _load_file(str(Path(shown).resolve()), stat.st_mtime_ns, stat.st_size, shown)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_file(resolved: str, mtime_ns: int, size: int, shown: str) -> tuple[CatalogFile, ...]:
+    try:
+        text = Path(resolved).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{shown}: cannot read catalog file: {exc}") from None
+    return parse_catalog(Path(shown).name, text, origin="catalog", where=shown)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """How a call is priced: the entry, whether it was found by model name alone, or the catalogs that
+    price the name differently (then ``entry`` is ``None``)."""
+
+    entry: PriceEntry | None
+    inferred: bool = False
+    candidates: tuple[PriceEntry, ...] = ()
+
+    @property
+    def price_source(self) -> str | None:
+        entry = self.entry
+        if entry is None:
+            return None
+        if self.inferred:
+            return f"inferred:{entry.provider}" + (f":{entry.region}" if entry.region else "")
+        return entry.source or "config"
+
+
+_UNRESOLVED = Resolution(None)
+# What must be equal for two catalogs' entries of one name to price every call alike.
+_PRICE_SHAPE = {"currency", "kind", "input", "output", "cached_input", "cache_write", "thinking_output",
+                "tiers", "volume", "time_windows", "batch_discount", "cached_input_ratio", "cache_write_ratio"}
+
+
+def _same_prices(a: PriceEntry, b: PriceEntry) -> bool:
+    return a.model_dump(include=_PRICE_SHAPE) == b.model_dump(include=_PRICE_SHAPE)
 
 
 _Key = tuple[str | None, str | None, str]  # (provider, region, lower-cased name)
@@ -215,22 +416,36 @@ class _Index:
 
 
 class PriceCatalog:
-    """Bundled prices with config overrides on top; see the module docstring for lookup rules."""
+    """Bundled prices, user catalog files over them, config overrides on top; see the module docstring."""
 
     def __init__(self, bundled: Sequence[PriceEntry] | None = None, overrides: Sequence[PriceEntry] = (),
-                 default_currency: str = "CNY") -> None:
+                 default_currency: str = "CNY", catalogs: Sequence[CatalogFile] = ()) -> None:
+        bundled_files = bundled_catalogs() if bundled is None else ()
+        #: Every catalog file in use, user files first (they take precedence).
+        self.catalogs: tuple[CatalogFile, ...] = (*catalogs, *bundled_files)
         self._bundled = tuple(load_bundled() if bundled is None else bundled)
         self._bundled_index = _Index(self._bundled)
+        self._user = tuple(e for catalog in catalogs for e in catalog.entries)
+        self._user_index = _Index(self._user)
         self._overrides = tuple(self._merge_overrides(overrides, default_currency.upper()))
         self._config_index = _Index(self._overrides)
         # Memo by the caller's raw arguments, and by the normalised (provider, region, model).
         self._memo: dict[tuple[str | None, str, str | None, str | None], PriceEntry | None] = {}
         self._resolved: dict[_Key, PriceEntry | None] = {}
+        self._resolutions: dict[tuple[str | None, str, str | None, str | None], Resolution] = {}
+        self._by_name: dict[str, list[PriceEntry]] | None = None
+        self._named = _NAMED_PROVIDERS | {e.provider for e in (*self._bundled, *self._user, *self._overrides)
+                                          if e.provider}
 
     @classmethod
     def from_settings(cls, settings: PricingSettings | None = None) -> PriceCatalog:
         settings = settings or PricingSettings()
-        return cls(overrides=settings.models, default_currency=settings.currency)
+        catalogs = [c for path in settings.catalog_files for c in load_catalog_file(path)]
+        return cls(overrides=settings.models, default_currency=settings.currency, catalogs=catalogs)
+
+    def catalog_of(self, entry: PriceEntry) -> CatalogFile | None:
+        """The catalog file an entry comes from (``None`` for config entries)."""
+        return next((c for c in self.catalogs if c.key == entry.source), None)
 
     # -- construction ---------------------------------------------------------------
 
@@ -256,7 +471,8 @@ class PriceCatalog:
                     # bundled cached or tier prices. Metadata (aliases, patterns, currency,
                     # batch_discount, cache ratios) is still inherited.
                     for name in _PRICE_FIELDS:
-                        data[name] = [] if name == "tiers" else None
+                        data[name] = [] if name in ("tiers", "time_windows") else None
+                    data["read_on"] = data["cited"] = None
                 data.update(updates)
                 data["source"] = "config"
                 data["verified"] = updates.get("verified", True)
@@ -271,10 +487,11 @@ class PriceCatalog:
             return []
         provider = canonical_provider(override.provider)
         name = override.model.lower()
-        regions: tuple[str | None, ...] = (override.region,) if override.region else (None, "cn", "intl")
+        regions: tuple[str | None, ...] = (override.region,) if override.region else (None, *REGIONS)
         bases: list[PriceEntry] = []
         for region in regions:
-            hit = self._bundled_index.exact.get((provider, region, name))
+            key = (provider, region, name)
+            hit = self._user_index.exact.get(key) or self._bundled_index.exact.get(key)
             if hit is not None and hit not in bases:
                 bases.append(hit)
         return bases
@@ -285,8 +502,8 @@ class PriceCatalog:
                region: str | None = None) -> PriceEntry | None:
         """The price entry for a call, or ``None`` when the model is unknown. O(1) when memoised.
 
-        ``region`` ("cn"/"intl") overrides the DashScope region taken from ``server_address``
-        (for gateways whose hostname says nothing about the region).
+        ``region`` ("cn", "intl", "hk", "us") overrides the DashScope region taken from
+        ``server_address`` (for gateways whose hostname says nothing about the region).
         """
         if not model:
             return None
@@ -296,10 +513,8 @@ class PriceCatalog:
         except KeyError:
             pass
         canon = canonical_provider(provider, server_address)
-        if canon == "dashscope":
-            region = region if region in ("cn", "intl") else dashscope_region(server_address)
-        else:
-            region = None
+        # Only DashScope prices by region; the region argument, when a known one, beats the host.
+        region = (region if region in REGIONS else dashscope_region(server_address)) if canon == "dashscope" else None
         key: _Key = (canon, region, model.strip().lower())
         if key in self._resolved:
             result = self._resolved[key]
@@ -313,9 +528,51 @@ class PriceCatalog:
         self._memo[raw] = result
         return result
 
+    def resolve(self, provider: str | None, model: str | None, server_address: str | None = None, *,
+                region: str | None = None) -> Resolution:
+        """:meth:`lookup`, then, for a host neither known nor mapped, the model name alone (step 5 of the
+        module docstring). Memoised like :meth:`lookup`."""
+        if not model:
+            return _UNRESOLVED
+        raw = (provider, model, server_address, region)
+        hit = self._resolutions.get(raw)
+        if hit is not None:
+            return hit
+        entry = self.lookup(provider, model, server_address, region=region)
+        if entry is not None:
+            result = Resolution(entry)
+        elif canonical_provider(provider, server_address) in self._named:
+            result = _UNRESOLVED
+        else:
+            result = self._infer(model.strip().lower(), region)
+        if len(self._resolutions) >= _MEMO_LIMIT:
+            self._resolutions.clear()
+        self._resolutions[raw] = result
+        return result
+
+    def _infer(self, name: str, region: str | None) -> Resolution:
+        if self._by_name is None:
+            # One entry per catalog (provider, region) and name, in precedence order; built on the
+            # first gateway call only.
+            by_name: dict[str, list[PriceEntry]] = {}
+            for entry in self.entries():
+                if entry.provider is None:
+                    continue  # provider-less config entries already match every host in lookup()
+                for alias in (entry.model, *entry.aliases):
+                    found = by_name.setdefault(alias.lower(), [])
+                    if all((e.provider, e.region) != (entry.provider, entry.region) for e in found):
+                        found.append(entry)
+            self._by_name = by_name
+        candidates = [e for e in self._by_name.get(name, ()) if region is None or e.region in (None, region)]
+        if not candidates:
+            return _UNRESOLVED
+        if all(_same_prices(candidates[0], other) for other in candidates[1:]):
+            return Resolution(candidates[0], inferred=True)
+        return Resolution(None, candidates=tuple(candidates))
+
     def _resolve(self, provider: str, region: str | None, name: str) -> PriceEntry | None:
         for candidate in self._candidates(name):
-            for index in (self._config_index, self._bundled_index):
+            for index in (self._config_index, self._user_index, self._bundled_index):
                 hit = index.find(provider, region, candidate)
                 if hit is not None:
                     return hit
@@ -340,10 +597,20 @@ class PriceCatalog:
     # -- listing --------------------------------------------------------------------
 
     def entries(self) -> list[PriceEntry]:
-        """Every effective entry: config entries, then bundled entries no config entry replaces."""
-        replaced = {(e.provider, e.region, e.model.lower()) for e in self._overrides}
-        return [*self._overrides,
-                *(e for e in self._bundled if (e.provider, e.region, e.model.lower()) not in replaced)]
+        """Every effective entry: config entries, then user-catalog and bundled entries not replaced by an
+        entry before them (same provider, region and model id)."""
+        return list(self._effective())
+
+    def _effective(self) -> Iterator[PriceEntry]:
+        replaced: set[tuple[str | None, str | None, str]] = set()
+        for layer in (self._overrides, self._user, self._bundled):
+            added = set()
+            for entry in layer:
+                key = (entry.provider, entry.region, entry.model.lower())
+                if key not in replaced:
+                    added.add(key)
+                    yield entry
+            replaced |= added
 
     def search(self, text: str | None = None, provider: str | None = None) -> list[PriceEntry]:
         """Entries whose id/alias contains ``text`` or whose patterns match it (optionally one provider)."""

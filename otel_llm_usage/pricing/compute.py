@@ -15,10 +15,17 @@ Rules (prices are per 1,000,000 tokens in the entry's currency):
   ``request_params["thinking"]["type"]`` (Doubao/GLM style), else ``reasoning_tokens > 0``.
 * Embeddings bill input only.
 * Request-length tiers (Qwen ``0<Token<=128K`` ...): the WHOLE call is billed at the first
-  tier whose ``max_input_tokens`` is ``>=`` the call's ``input_tokens`` (boundaries
-  inclusive). Tier bounds are stored as plain token counts; the bundled data reads
-  Alibaba's "K" as 1,000 tokens (128K = 128,000), the convention of its pricing pages.
-  Input longer than every bounded tier uses the last tier.
+  tier, in the order listed, whose ``max_input_tokens`` is ``>=`` the call's ``input_tokens``
+  and whose ``max_output_tokens`` is ``>=`` its ``output_tokens`` (boundaries inclusive, ``None``
+  unbounded; output bands such as "answers of at most 200 tokens" come first in their input band).
+  Tier bounds are stored as plain token counts, exactly as the provider states them; the bundled
+  data reads Alibaba's "K" as 1,000 tokens (128K = 128,000). Input longer than every bounded
+  tier uses the last input band.
+* Time windows (DeepSeek off-peak): when the call's time ``at`` falls in one of the entry's
+  ``time_windows`` (in the window's time zone), every token price of the selected tier is
+  multiplied by the first matching window's ``multiplier``; outside every window, or when the
+  time is not known (``at=None``), the entry's own prices apply. The caller passes ``at``: this
+  module reads no clock.
 * ``request_params["batch"]`` true and the entry has ``batch_discount`` d: cost x (1 - d).
 * A free entry (every price zero) costs exactly ``Decimal(0)``.
 
@@ -28,23 +35,27 @@ a 50-digit context) so sums of many small calls stay exact; round only for displ
 
 from __future__ import annotations
 
+import datetime as _dt
 import decimal
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 from ..usage import TokenUsage
-from .models import PriceEntry, PriceTier
+from .models import PriceEntry, PriceTier, TimeWindow
 
 __all__ = [
     "DECIMAL_CONTEXT",
     "MILLION",
     "Buckets",
     "Rates",
+    "active_window",
     "apply_batch",
     "compute_cost",
     "flat_rates",
+    "has_cache_price",
     "is_batch",
     "price_buckets",
     "rates_for",
@@ -128,17 +139,47 @@ class _Bounded(Protocol):
     @property
     def max_input_tokens(self) -> int | None: ...
 
+    @property
+    def max_output_tokens(self) -> int | None: ...
+
 
 _T = TypeVar("_T", bound=_Bounded)
 
 
-def _select_tier(tiers: list[_T], input_tokens: int) -> _T:
-    """The first tier whose bound admits ``input_tokens`` (configured tiers and their compiled forms)."""
+def _admits(tier: _Bounded, input_tokens: int, output_tokens: int) -> bool:
+    bound_in, bound_out = tier.max_input_tokens, tier.max_output_tokens
+    return (bound_in is None or input_tokens <= bound_in) and (bound_out is None or output_tokens <= bound_out)
+
+
+def _select_tier(tiers: list[_T], input_tokens: int, output_tokens: int = 0) -> _T:
+    """The first tier whose bounds admit the call (configured tiers and their compiled forms)."""
     for tier in tiers:
-        if tier.max_input_tokens is None or input_tokens <= tier.max_input_tokens:
+        if _admits(tier, input_tokens, output_tokens):
             return tier
-    # Longer than every bounded tier: the provider would normally reject it; bill at the top tier.
+    # Longer than every bounded tier: the provider would normally reject it; bill in the top input
+    # band, at the output band the answer falls in (validation ends every band unbounded).
+    top = tiers[-1].max_input_tokens
+    for tier in tiers:
+        if tier.max_input_tokens == top and _admits(tier, 0, output_tokens):
+            return tier
     return tiers[-1]
+
+
+def _aware(at: _dt.datetime | float) -> _dt.datetime:
+    if isinstance(at, _dt.datetime):
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError("the call's time must carry a UTC offset (a naive datetime is ambiguous)")
+        return at
+    return _dt.datetime.fromtimestamp(float(at), _dt.timezone.utc)
+
+
+def active_window(entry: PriceEntry, at: _dt.datetime | float | None) -> TimeWindow | None:
+    """The first of ``entry.time_windows`` the call's time ``at`` (aware datetime or epoch seconds)
+    falls in; ``None`` outside them all or when ``at`` is unknown."""
+    if not entry.time_windows or at is None:
+        return None
+    moment = _aware(at)
+    return next((w for w in entry.time_windows if w.contains(moment)), None)
 
 
 def _derived(explicit: Decimal | None, ratio: Decimal | None, base: Decimal) -> Decimal:
@@ -149,21 +190,30 @@ def _derived(explicit: Decimal | None, ratio: Decimal | None, base: Decimal) -> 
     return base
 
 
-def rates_for(entry: PriceEntry, input_tokens: int) -> Rates:
-    """Resolve the prices that apply to a call with ``input_tokens`` of input (tier selection)."""
-    return _rates_of(entry, _select_tier(entry.tiers, input_tokens) if entry.tiers else entry)
+def rates_for(entry: PriceEntry, input_tokens: int, output_tokens: int = 0,
+              at: _dt.datetime | float | None = None) -> Rates:
+    """The per-1M prices that apply to a call of this length at time ``at`` (tier and window selection)."""
+    window = active_window(entry, at)
+    source = _select_tier(entry.tiers, input_tokens, output_tokens) if entry.tiers else entry
+    return _rates_of(entry, source, None if window is None else window.multiplier)
 
 
-def _rates_of(entry: PriceEntry, source: PriceEntry | PriceTier) -> Rates:
+def _rates_of(entry: PriceEntry, source: PriceEntry | PriceTier, multiplier: Decimal | None = None) -> Rates:
     inp = source.input if source.input is not None else ZERO
     out = source.output if source.output is not None else ZERO
-    return Rates(
+    rates = Rates(
         input=inp,
         output=out,
         cached_input=_derived(source.cached_input, entry.cached_input_ratio, inp),
         cache_write=_derived(source.cache_write, entry.cache_write_ratio, inp),
         thinking_output=source.thinking_output,
     )
+    if multiplier is None:
+        return rates
+    scale = functools.partial(DECIMAL_CONTEXT.multiply, multiplier)
+    return Rates(input=scale(rates.input), output=scale(rates.output), cached_input=scale(rates.cached_input),
+                 cache_write=scale(rates.cache_write),
+                 thinking_output=None if rates.thinking_output is None else scale(rates.thinking_output))
 
 
 def price_buckets(rates: Rates, buckets: Buckets, *, thinking: bool, embedding: bool = False) -> Decimal:
@@ -230,30 +280,36 @@ class _Linear:
 
 
 class _Tier:
-    """One request-length tier (or the flat price): its rates and their integer forms."""
+    """One request-length tier (or the flat price), in one time window: its rates and their integer forms."""
 
-    __slots__ = ("max_input_tokens", "plain", "rates", "thinking")
+    __slots__ = ("max_input_tokens", "max_output_tokens", "plain", "rates", "thinking")
 
-    def __init__(self, entry: PriceEntry, source: PriceEntry | PriceTier) -> None:
+    def __init__(self, entry: PriceEntry, source: PriceEntry | PriceTier, multiplier: Decimal | None) -> None:
         embedding = entry.kind == "embedding"
-        self.max_input_tokens = source.max_input_tokens if isinstance(source, PriceTier) else None
-        self.rates = rates = _rates_of(entry, source)
+        tier = source if isinstance(source, PriceTier) else None
+        self.max_input_tokens = tier.max_input_tokens if tier is not None else None
+        self.max_output_tokens = tier.max_output_tokens if tier is not None else None
+        self.rates = rates = _rates_of(entry, source, multiplier)
         self.plain = _Linear(rates, rates.output, embedding)
         self.thinking = None if rates.thinking_output is None else _Linear(rates, rates.thinking_output, embedding)
 
 
 class _Compiled:
     """What ``compute_cost`` needs of an entry, worked out once: free, or its tiers (``None`` for
-    volume-priced entries, which keep the general path)."""
+    volume-priced entries, which keep the general path), and the same tiers scaled for each time window."""
 
-    __slots__ = ("entry", "free", "tiers")
+    __slots__ = ("cache_priced", "entry", "free", "tiers", "windows")
 
     def __init__(self, entry: PriceEntry) -> None:
         self.entry = entry  # holds id(entry), the cache key, against reuse
         self.free = entry.is_free
+        self.cache_priced = entry.has_cache_price
         volume_only = entry.volume is not None and not entry.tiers and entry.input is None
         sources: list[PriceEntry | PriceTier] = [*entry.tiers] if entry.tiers else [entry]
-        self.tiers = None if self.free or volume_only else [_Tier(entry, s) for s in sources]
+        priced = not (self.free or volume_only)
+        self.tiers = [_Tier(entry, s, None) for s in sources] if priced else None
+        self.windows = [(w, [_Tier(entry, s, w.multiplier) for s in sources])
+                        for w in entry.time_windows] if priced else []
 
 
 _COMPILED: dict[int, _Compiled] = {}
@@ -270,22 +326,30 @@ def _compiled(entry: PriceEntry) -> _Compiled:
     return compiled
 
 
+def has_cache_price(entry: PriceEntry) -> bool:
+    """:attr:`PriceEntry.has_cache_price`, worked out once per entry (pricing asks on every cached call)."""
+    return _compiled(entry).cache_priced
+
+
 def flat_rates(entry: PriceEntry) -> tuple[Decimal, Decimal] | None:
     """(input, output) prices per 1M tokens when every call costs ``tokens x rate`` (no tiers, volume
     tiers or thinking price; a batch discount is ignored, so batch calls get an upper bound), else
-    ``None``. Budget reservations price their estimate with it instead of :func:`compute_cost`."""
+    ``None`` (also when the time of day changes the price). Budget reservations price their estimate
+    with it instead of :func:`compute_cost`."""
     compiled = _compiled(entry)
     if compiled.free:
         return ZERO, ZERO
-    if compiled.tiers is None or len(compiled.tiers) != 1 or compiled.tiers[0].thinking is not None:
+    if compiled.tiers is None or len(compiled.tiers) != 1 or compiled.tiers[0].thinking is not None \
+            or compiled.windows:
         return None
     rates = compiled.tiers[0].rates
     return rates.input, ZERO if entry.kind == "embedding" else rates.output
 
 
-def compute_cost(entry: PriceEntry, tokens: TokenUsage,
-                 request_params: Mapping[str, Any] | None = None) -> Decimal:
-    """Exact cost of one call in ``entry.currency``.
+def compute_cost(entry: PriceEntry, tokens: TokenUsage, request_params: Mapping[str, Any] | None = None, *,
+                 at: _dt.datetime | float | None = None) -> Decimal:
+    """Exact cost of one call in ``entry.currency``; ``at`` is the call's time (aware datetime or epoch
+    seconds), needed only by entries with time windows (``None``: their base prices).
 
     Volume-tiered entries need period state and are priced by
     :class:`otel_llm_usage.pricing.volume.VolumeMeter`; here they are priced at their first
@@ -296,7 +360,11 @@ def compute_cost(entry: PriceEntry, tokens: TokenUsage,
         return Decimal(0)
     tiers = compiled.tiers
     if tiers is not None:
-        tier = tiers[0] if len(tiers) == 1 else _select_tier(tiers, max(0, int(tokens.input_tokens)))
+        if compiled.windows and at is not None:
+            moment = _aware(at)
+            tiers = next((scaled for window, scaled in compiled.windows if window.contains(moment)), tiers)
+        tier = tiers[0] if len(tiers) == 1 else _select_tier(
+            tiers, max(0, int(tokens.input_tokens)), max(0, int(tokens.output_tokens)))
         linear = tier.plain
         if tier.thinking is not None and thinking_mode(tokens, request_params):
             linear = tier.thinking

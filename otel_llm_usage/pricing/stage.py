@@ -8,10 +8,16 @@ raises: an odd record is logged at debug level and left unpriced (``cost is None
 ``cost is None`` always means "unpriced", never "free": a free model gets ``Decimal(0)``.
 An unknown model logs one warning per (provider, model) for the life of the stage and calls
 ``on_unpriced(record)`` for every such call (the telemetry stage counts them).
+
+The call's time for time-of-day prices is ``record.timestamp``, the wall-clock time the call
+started. A call through a gateway host nobody mapped is priced by model name when the catalogs
+agree (``price_source`` ``inferred:<provider>``); when they disagree it stays unpriced and one
+warning names the candidates and the ``provider_hosts`` key that settles it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,8 +26,8 @@ from decimal import Decimal
 from typing import Any
 
 from ..usage import TokenUsage, UsageRecord
-from .catalog import PriceCatalog, canonical_provider, dashscope_region
-from .compute import DECIMAL_CONTEXT, compute_cost
+from .catalog import PriceCatalog, Resolution, canonical_provider, dashscope_region, display_price
+from .compute import DECIMAL_CONTEXT, compute_cost, has_cache_price
 from .hourly import HourlyBilling
 from .models import PriceEntry, PricingSettings
 from .volume import VolumeMeter
@@ -83,7 +89,9 @@ class PricingStage:
                                     default_currency=self.settings.currency)
         self._on_unpriced = on_unpriced
         self._clock = clock
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, ...]] = set()
+        #: ``source`` keys of the catalogs that priced at least one call (the freshness gauge's in_use).
+        self.used_catalogs: set[str] = set()
         self._volume: dict[tuple[str | None, str | None, str], VolumeMeter] = {}
         self._lock = threading.Lock()
         self._rate_pairs: dict[tuple[str, str], tuple[Decimal, Decimal] | None] = {}
@@ -135,15 +143,12 @@ class PricingStage:
                 record.price_source = "config:hourly"
                 return
 
-        region = params.get("region")
-        entry = None
-        for name in names:
-            entry = self.catalog.lookup(record.provider, name, record.server_address,
-                                        region=region if isinstance(region, str) else None)
-            if entry is not None:
-                break
-
+        resolution = self._resolve(record, names, params)
+        entry = resolution.entry
         if entry is None:
+            if resolution.candidates:
+                self._ambiguous(record, resolution.candidates)
+                return
             if self.settings.fallback_genai_prices and self._price_with_genai_prices(record, names, tokens):
                 return
             self._unpriced(record)
@@ -155,10 +160,35 @@ class PricingStage:
         elif entry.volume is not None and not entry.tiers and entry.input is None:
             cost = self._volume_meter(record, entry).charge(tokens, params)
         else:
-            cost = compute_cost(entry, tokens, params)
+            cost = compute_cost(entry, tokens, params, at=record.timestamp)
         record.cost = cost
         record.currency = currency
-        record.price_source = entry.source or "config"
+        record.price_source = resolution.price_source
+        source = entry.source
+        if source is not None and source not in self.used_catalogs:
+            with self._lock:
+                self.used_catalogs.add(source)
+        if tokens.cached_input_tokens > 0 and not has_cache_price(entry):
+            self._once(("nocache", str(entry.provider), entry.model), logging.INFO,
+                       "%s/%s has no cache-hit price in its catalog: its cached input tokens are billed at the "
+                       "full input price", str(entry.provider), entry.model)
+
+    def _resolve(self, record: UsageRecord, names: list[str], params: dict[str, Any]) -> Resolution:
+        region = params.get("region")
+        ambiguous: Resolution | None = None
+        for name in names:
+            resolution = self.catalog.resolve(record.provider, name, record.server_address,
+                                              region=region if isinstance(region, str) else None)
+            if resolution.entry is not None:
+                return resolution
+            ambiguous = ambiguous or (resolution if resolution.candidates else None)
+        return ambiguous or Resolution(None)
+
+    def entry_for(self, record: UsageRecord) -> PriceEntry | None:
+        """The entry that prices ``record`` (lookup, then gateway inference), for estimates before the call."""
+        names = [n for n in dict.fromkeys((record.request_model, record.response_model)) if n]
+        params = record.request_params if isinstance(record.request_params, dict) else {}
+        return self._resolve(record, names, params).entry
 
     def _volume_meter(self, record: UsageRecord, entry: PriceEntry) -> VolumeMeter:
         key = (entry.provider or canonical_provider(record.provider, record.server_address),
@@ -172,19 +202,38 @@ class PricingStage:
                     self._volume[key] = meter
         return meter
 
+    def _once(self, key: tuple[str, ...], level: int, message: str, *args: Any) -> None:
+        """Log ``message`` the first time ``key`` is seen (bounded against arbitrary model strings)."""
+        if key in self._warned:
+            return
+        with self._lock:
+            if key in self._warned:
+                return
+            if len(self._warned) >= _MAX_WARNED:
+                self._warned.clear()
+            self._warned.add(key)
+        logger.log(level, message, *args)
+
+    def _ambiguous(self, record: UsageRecord, candidates: tuple[PriceEntry, ...]) -> None:
+        host = record.server_address or str(record.provider)
+        listed = ", ".join(
+            f"{e.provider}" + (f"/{e.region}" if e.region else "")
+            + f" ({display_price(e, 'input')}/{display_price(e, 'output')} {e.currency} per 1M)" for e in candidates)
+        choice = candidates[0].provider
+        self._once(("ambiguous", host, record.model), logging.WARNING,
+                   "model %s on host %s is priced differently by %d catalogs: %s; its calls are recorded with "
+                   "cost unknown. Say which provider serves this host with provider_hosts in the config, "
+                   "e.g. provider_hosts: {%s: %s}", record.model, host, len(candidates), listed,
+                   json.dumps(host), choice)
+        self._notify_unpriced(record)
+
     def _unpriced(self, record: UsageRecord) -> None:
-        key = (str(record.provider), record.model)
-        if key not in self._warned:
-            with self._lock:
-                if key not in self._warned:
-                    if len(self._warned) >= _MAX_WARNED:
-                        self._warned.clear()
-                    self._warned.add(key)
-                    logger.warning(
-                        "no price for provider=%s model=%s: its calls are recorded with cost unknown; "
-                        "add it under pricing.models in the config",
-                        key[0], key[1],
-                    )
+        self._once((str(record.provider), record.model), logging.WARNING,
+                   "no price for provider=%s model=%s: its calls are recorded with cost unknown; "
+                   "add it under pricing.models in the config", str(record.provider), record.model)
+        self._notify_unpriced(record)
+
+    def _notify_unpriced(self, record: UsageRecord) -> None:
         if self._on_unpriced is not None:
             try:
                 self._on_unpriced(record)
@@ -197,9 +246,12 @@ class PricingStage:
             import genai_prices  # optional dependency
         except ImportError:
             return False
+        from .importers import GENAI_PRICES_PROVIDERS
+
         provider = canonical_provider(record.provider, record.server_address)
-        if provider == "dashscope" and dashscope_region(record.server_address) == "cn":
-            return False  # genai-prices quotes USD list prices; China-region calls bill in CNY
+        if provider == "dashscope" and dashscope_region(record.server_address) != "intl":
+            return False  # genai-prices quotes the international list; other regions bill their own prices
+        provider = GENAI_PRICES_PROVIDERS.get(provider, provider)
         usage = genai_prices.Usage(
             input_tokens=tokens.input_tokens,
             output_tokens=tokens.output_tokens,
