@@ -317,3 +317,44 @@ def test_attribution_survives_run_in_executor(otel: Otel) -> None:
     asyncio.run(go())
     rec = settle(otel)
     assert (rec.function, rec.user, rec.anchor) == ("live-reply", "u-1", "a-9")
+
+
+# --- an answer without usage still counts against a budget ---------------------------------------
+
+def test_answer_without_usage_counts_its_output_against_the_budget(llm_server: Any) -> None:
+    """Issue 21 item 3: without usage the output used to count as 0, so a 2,000-token block budget
+    admitted 50 calls. The output is now estimated from the answer text itself."""
+    import math
+
+    from otel_llm_usage import BudgetExceeded
+    from otel_llm_usage.config import Config
+
+    config = Config.model_validate({"provider_hosts": {"127.0.0.1": "openai"}, "budgets": [
+        {"name": "ci-job", "window": "total", "limit": {"tokens": 2000}, "action": "block"}]})
+    otel = make_otel(llm_server, config)
+    try:
+        c = client(otel)
+        answers: list[str] = []
+        blocked = 0
+        for _ in range(50):
+            try:
+                completion = c.chat.completions.create(model=MODEL, messages=MSG, max_tokens=600,
+                                                       **headers("no_usage=1;words=400"))
+            except BudgetExceeded:
+                blocked += 1
+                continue
+            assert completion.usage is None
+            answers.append(completion.choices[0].message.content or "")
+        records = [r for r in otel.records() if r.status == "ok"]
+        assert len(records) == len(answers) == 50 - blocked
+        # The documented estimate, worked out here from what the caller received: ~4 Latin chars a token,
+        # never past max_tokens (the loopback server ignores it; a provider would not bill past it).
+        expected_out = [min(600, math.ceil(len(text) / 4)) for text in answers]
+        assert [r.tokens.output_tokens for r in records] == expected_out
+        assert all(r.usage_source == "estimated" for r in records)
+        # The documented bound: usage ends at most one reservation (input estimate + max_tokens) past the limit.
+        reservation = math.ceil(len(MSG[0]["content"]) / 4) + 600
+        assert 2000 <= sum(r.tokens.total_tokens for r in records) <= 2000 + reservation
+        assert blocked >= 45
+    finally:
+        close_otel(otel)

@@ -143,6 +143,7 @@ class Invocation:
         "estimated_output_chars",
         "first_chunk_at",
         "kwargs",
+        "max_output_tokens",
         "model_usages",
         "output_chunks",
         "record",
@@ -170,6 +171,7 @@ class Invocation:
         # The provider took the request and began answering (a raised error after this still
         # billed the input); adapters of error frames leave it unset.
         self.accepted = False
+        self.max_output_tokens = info.max_output_tokens
         self._output_text: Callable[[], str] | None = None
         self.attempts = 0
         self.estimated_output_chars = [0, 0]
@@ -337,10 +339,10 @@ class Invocation:
         if self.usage_expected and self.output_chunks > OUTPUT_TEXT_SAMPLE_CHUNKS:
             scale = self.output_chunks / OUTPUT_TEXT_SAMPLE_CHUNKS
             out_latin, out_cjk = round(out_latin * scale), round(out_cjk * scale)
-        rec.tokens = TokenUsage(
-            input_tokens=estimate_tokens(latin, cjk),
-            output_tokens=estimate_tokens(out_latin, out_cjk),
-        )
+        output = estimate_tokens(out_latin, out_cjk)
+        if self.max_output_tokens is not None:
+            output = min(output, self.max_output_tokens)  # the provider cannot bill past the cap it was given
+        rec.tokens = TokenUsage(input_tokens=estimate_tokens(latin, cjk), output_tokens=output)
         rec.usage_source = "estimated"
 
     def _end_span(self, abandoned: bool, records: list[UsageRecord]) -> None:

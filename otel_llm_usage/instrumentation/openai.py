@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -248,7 +248,12 @@ class OpenAIAdapter:
             result = json.loads(result)
         rec = inv.record
         get = fields_of(result).get
-        inv.set_usage(normalize_usage(get("usage")))
+        tokens = normalize_usage(get("usage"))
+        inv.set_usage(tokens)
+        if tokens is None and not rec.streamed:
+            # No usage (some gateways and self-hosted servers): the output estimate comes from the
+            # answer itself, or a budget would count the input only and admit call after call.
+            inv.set_output_text("".join(_answer_texts(result)))
         model = get("model")
         if isinstance(model, str):
             rec.response_model = model
@@ -340,14 +345,31 @@ class OpenAIAdapter:
         return text[: self.capture_max_chars]
 
     def _capture_output(self, inv: Invocation, result: Any) -> None:
-        texts = []
-        for choice in read_field(result, "choices") or []:
-            texts.append(read_field(choice, "message", "content") or read_field(choice, "text") or "")
-        output_text = getattr(result, "output_text", None)  # a property of Response, not a field
-        if isinstance(output_text, str):
-            texts.append(output_text)
+        texts = list(_answer_texts(result))
         if texts and inv.span.is_recording():
             inv.span.set_attribute(N.GEN_AI_OUTPUT_MESSAGES, self._capture(texts) or "")
+
+
+def _answer_texts(result: Any) -> Iterator[str]:
+    """What the model produced, as text: message content, refusals, tool-call arguments (chat);
+    output text and function-call arguments (Responses API); the text of legacy completions."""
+    for choice in read_field(result, "choices") or []:
+        message = read_field(choice, "message")
+        for text in (read_field(message, "content"), read_field(message, "refusal"), read_field(choice, "text")):
+            if isinstance(text, str) and text:
+                yield text
+        for call in read_field(message, "tool_calls") or []:
+            arguments = read_field(call, "function", "arguments")
+            if isinstance(arguments, str):
+                yield arguments
+    for item in read_field(result, "output") or []:
+        arguments = read_field(item, "arguments")
+        if isinstance(arguments, str):
+            yield arguments
+        for part in read_field(item, "content") or []:
+            text = read_field(part, "text")
+            if isinstance(text, str):
+                yield text
 
 
 def _texts(*values: Any) -> list[str]:
