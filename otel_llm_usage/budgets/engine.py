@@ -38,6 +38,7 @@ from .._guard import internal_error
 from ..errors import BudgetExceeded
 from ..ledger.base import Amount, CounterStore, Limit, from_nanos, to_nanos
 from ..pipeline import CallIntent
+from ..telemetry import register_store_metrics
 from ..usage import TokenUsage, UsageRecord
 from .config import BudgetConfig
 from .windows import Window, current_window
@@ -193,8 +194,13 @@ class BudgetEngine:
         keys = self._key_cache.get(cache_key)
         if keys is None:  # built once per budget instance and window, not on every call
             base = f"{budget.name}|{scope}"
-            keys = ([f"{base}|{b}" for b in window.bucket_ids], f"{base}|{window.current_bucket}",
-                    f"{base}|inflight")
+            # In-flight reservations of a calendar window live and expire with that window (its TTL
+            # ends at the window's end, however often it is refreshed), so one that was never
+            # released (a lost reply, a killed process) stops holding headroom when the window
+            # ends. Rolling windows keep one key: their buckets change while calls are in flight.
+            inflight = f"{base}|inflight" if window.kind in ("rolling", "total") else \
+                f"{base}|{window.current_bucket}|inflight"
+            keys = ([f"{base}|{b}" for b in window.bucket_ids], f"{base}|{window.current_bucket}", inflight)
             if len(self._key_cache) >= 10_000:
                 self._key_cache.clear()
             self._key_cache[cache_key] = keys
@@ -478,6 +484,7 @@ class BudgetEngine:
                                       description="Usage in the budget's current window.")
         meter.create_observable_gauge(N.METRIC_BUDGET_UTILIZATION, [observe("utilization")],
                                       description="used / limit (1 = exhausted).")
+        register_store_metrics(meter, self.store)  # the health of the store these budgets count in
 
     def start(self, interval_s: float) -> None:
         if self._thread is not None or not self.budgets:

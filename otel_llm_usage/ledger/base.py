@@ -19,9 +19,14 @@ from typing import Protocol, runtime_checkable
 
 from ..usage import UsageRecord
 
-__all__ = ["NANOS", "Amount", "CounterStore", "RecordQuery", "RecordStore", "from_nanos", "to_nanos"]
+__all__ = ["INT64_MAX", "NANOS", "Amount", "CounterStore", "RecordQuery", "RecordStore", "from_nanos",
+           "saturated", "to_nanos"]
 
 NANOS = Decimal("1e9")
+# SQLite INTEGER and Redis HINCRBY are signed 64-bit. Python ints are not: a gateway reporting 10**15
+# output tokens on a $10/M model is 10**19 nano-units, which neither store accepts.
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 
 def to_nanos(cost: Decimal) -> int:
@@ -44,6 +49,15 @@ class Amount:
 
     def __sub__(self, other: Amount) -> Amount:
         return Amount(self.cost_nanos - other.cost_nanos, self.tokens - other.tokens)
+
+
+def saturated(amount: Amount) -> Amount:
+    """``amount`` with each axis clamped to the signed 64-bit range the stores keep: an absurd
+    usage saturates a counter (and blocks its budget) instead of failing every later write."""
+    cost, tokens = amount.cost_nanos, amount.tokens
+    if INT64_MIN <= cost <= INT64_MAX and INT64_MIN <= tokens <= INT64_MAX:
+        return amount
+    return Amount(min(max(cost, INT64_MIN), INT64_MAX), min(max(tokens, INT64_MIN), INT64_MAX))
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigError
 from ..usage import UsageRecord
 from ._records import deletion, from_mapping, matches, select, to_mapping
-from .base import Amount, Limit, RecordQuery
+from .base import Amount, Limit, RecordQuery, saturated
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -55,10 +55,25 @@ __all__ = ["DEFAULT_PREFIX", "RedisCounterStore", "RedisRecordStore"]
 
 DEFAULT_PREFIX = "llm_usage:"
 
+# HINCRBY fails ("would overflow") past the signed 64-bit range; a failed script would fail every later
+# replay of the same usage too. Saturate instead (Python clamps the arguments to that range first).
+# set_field writes an in-flight value computed in doubles, clamped so HINCRBY can still add to it.
+_SATURATING = """
+local function incr(key, field, by)
+  local r = redis.pcall('HINCRBY', key, field, by)
+  if type(r) == 'table' and r.err then
+    redis.call('HSET', key, field, tonumber(by) < 0 and '-9223372036854775808' or '9223372036854775807')
+  end
+end
+local function set_field(key, field, x)
+  redis.call('HSET', key, field, x >= 9.2e18 and '9223372036854775807' or string.format('%.0f', x))
+end
+"""
+
 # KEYS = used keys..., inflight key (last). ARGV = reservation cost, tokens; limit cost, tokens ("" = no
 # limit); ttl ("" = keep the key's TTL). Returns {admitted, used/inflight raw values as strings}: Python
 # sums the raw strings so the amounts it reports are exact.
-_TRY_RESERVE = """
+_TRY_RESERVE = _SATURATING + """
 local n = #KEYS
 local raw = {}
 local c, t = 0, 0
@@ -73,23 +88,24 @@ local exhausted = (ARGV[3] ~= '' and c >= tonumber(ARGV[3])) or (ARGV[4] ~= '' a
 if exhausted then
   return {0, raw}
 end
-redis.call('HINCRBY', KEYS[n], 'c', ARGV[1])
-redis.call('HINCRBY', KEYS[n], 't', ARGV[2])
+incr(KEYS[n], 'c', ARGV[1])
+incr(KEYS[n], 't', ARGV[2])
 if ARGV[5] ~= '' then redis.call('EXPIRE', KEYS[n], ARGV[5]) end
 return {1, raw}
 """
 
 # KEYS = bucket, inflight. ARGV = reserved cost, tokens; actual cost, tokens; ttl ("" = keep).
 # In-flight never goes below zero (a reservation released twice, or after its key expired).
-_SETTLE = """
+_SETTLE = _SATURATING + """
 local v = redis.call('HMGET', KEYS[2], 'c', 't')
 local c = (tonumber(v[1]) or 0) - tonumber(ARGV[1])
 local t = (tonumber(v[2]) or 0) - tonumber(ARGV[2])
 if c < 0 then c = 0 end
 if t < 0 then t = 0 end
-redis.call('HSET', KEYS[2], 'c', string.format('%.0f', c), 't', string.format('%.0f', t))
-redis.call('HINCRBY', KEYS[1], 'c', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 't', ARGV[4])
+set_field(KEYS[2], 'c', c)
+set_field(KEYS[2], 't', t)
+incr(KEYS[1], 'c', ARGV[3])
+incr(KEYS[1], 't', ARGV[4])
 if ARGV[5] ~= '' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   redis.call('EXPIRE', KEYS[2], ARGV[5])
@@ -113,9 +129,9 @@ end
 return raw""")
 
 # KEYS = bucket. ARGV = cost, tokens, ttl ("" = keep).
-_ADD = """
-redis.call('HINCRBY', KEYS[1], 'c', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 't', ARGV[2])
+_ADD = _SATURATING + """
+incr(KEYS[1], 'c', ARGV[1])
+incr(KEYS[1], 't', ARGV[2])
 if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return 1
 """
@@ -174,6 +190,11 @@ def _limit(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
+def _args(*amounts: Amount) -> list[int]:
+    """Cost and tokens of each amount, within the range HINCRBY accepts."""
+    return [v for a in map(saturated, amounts) for v in (a.cost_nanos, a.tokens)]
+
+
 def _amounts(raw: Sequence[bytes | str]) -> list[Amount]:
     return [Amount(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
 
@@ -198,26 +219,25 @@ class RedisCounterStore:
     def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
                     ttl_s: int | None) -> tuple[bool, Amount, Amount]:
         keys = [self._key(k) for k in (*used_keys, inflight_key)]
-        admitted, raw = self._try_reserve(keys, [reservation.cost_nanos, reservation.tokens,
-                                                 _limit(limit.cost_nanos), _limit(limit.tokens), _ttl(ttl_s)])
+        admitted, raw = self._try_reserve(keys, [*_args(reservation), _limit(limit.cost_nanos),
+                                                 _limit(limit.tokens), _ttl(ttl_s)])
         amounts = _amounts(raw)
         return bool(admitted), sum(amounts[:-1], Amount()), amounts[-1]
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None) -> None:
         self._settle([self._key(bucket_key), self._key(inflight_key)],
-                     [reserved.cost_nanos, reserved.tokens, actual.cost_nanos, actual.tokens, _ttl(ttl_s)])
+                     [*_args(reserved, actual), _ttl(ttl_s)])
 
     def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                         ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
         """``settle`` then ``read`` in one round trip: the budget stage needs the new total right away."""
         keys = [self._key(k) for k in (bucket_key, inflight_key, *used_keys)]
-        amounts = _amounts(self._settle_read(keys, [reserved.cost_nanos, reserved.tokens, actual.cost_nanos,
-                                                    actual.tokens, _ttl(ttl_s)]))
+        amounts = _amounts(self._settle_read(keys, [*_args(reserved, actual), _ttl(ttl_s)]))
         return sum(amounts[:-1], Amount()), amounts[-1]
 
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
-        self._add([self._key(bucket_key)], [actual.cost_nanos, actual.tokens, _ttl(ttl_s)])
+        self._add([self._key(bucket_key)], [*_args(actual), _ttl(ttl_s)])
 
     def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
         amounts = _amounts(self._read([self._key(k) for k in (*used_keys, inflight_key)]))

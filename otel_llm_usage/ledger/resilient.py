@@ -14,7 +14,12 @@ primary is not touched again until ``probe_interval`` seconds have passed, so an
 costs one timeout per interval, not one per call. The first operation after that
 probes: it replays the usage recorded while degraded (``add`` / ``settle`` deltas,
 merged per key) into the primary, and on success the store is healthy again, so the
-shared totals reconcile.
+shared totals reconcile. One thread replays at a time, and it keeps replaying until the
+pending set is empty, switching to healthy in the same locked step that finds it empty:
+usage other threads defer while a replay runs is replayed too, and usage deferred by a
+thread that was answered locally just before the switch is replayed by that thread.
+``flush()`` (and ``close()``) replays at once, whatever the probe schedule, within a
+bounded time, and logs what it could not replay; at interpreter exit it runs by itself.
 
 What stays approximate during an outage, always on the safe (counting more) side:
 
@@ -27,12 +32,16 @@ What stays approximate during an outage, always on the safe (counting more) side
 * An operation that failed *after* the primary applied it (a reply lost on the wire) is
   counted again at replay: over-counting is the failure mode budgets can live with.
 * ``mark_once`` falls back to local marks: a warning may fire once more per process.
+* A reservation whose reply was lost stays in flight on the primary until its window's
+  in-flight key expires (the engine keys in-flight per calendar window).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -42,6 +51,8 @@ from .base import Amount, CounterStore, Limit
 from .counters_memory import MemoryCounterStore
 
 __all__ = ["FailOpenCounterStore"]
+
+logger = logging.getLogger("otel_llm_usage.ledger")
 
 T = TypeVar("T")
 # (bucket key, inflight key or None for plain adds) → [reserved, actual, ttl]
@@ -80,17 +91,25 @@ class FailOpenCounterStore:
         self.on_degraded = on_degraded
         self.probe_interval = probe_interval
         self.degraded_ops = 0
+        self.degraded_by_op: dict[str, int] = {}  # operation name → answered locally (a metric reads it)
         self.outages = 0
         self.recoveries = 0
         self._clock = clock
         self._lock = threading.Lock()
+        self._replaying = threading.Lock()  # held by the one thread replaying pending usage
         self._down = False
+        self._down_since = 0.0
         self._next_probe = 0.0
         self._pending: _Pending = {}
         self._local_reserved: dict[str, Amount] = {}
         self._baseline: OrderedDict[tuple[tuple[str, ...], str], tuple[Amount, Amount]] = OrderedDict()
         self._baseline_size = baseline_size
         self._kind = f"ledger.counters:{type(primary).__name__}"
+        # "redis", "sqlite", ...: the ``store`` label of the store metrics.
+        self.backend = type(primary).__name__.removesuffix("CounterStore").lower() or "custom"
+        # At exit, after the pipeline (created later, finalized first) has settled its queue:
+        # a process leaving right after an outage still hands its local usage to the primary.
+        self._at_exit = weakref.finalize(self, _flush_at_exit, weakref.ref(self))
 
     @property
     def degraded(self) -> bool:
@@ -177,7 +196,43 @@ class FailOpenCounterStore:
         if hook is not None:
             hook()
 
+    def flush(self, timeout_s: float = 2.0) -> bool:
+        """Replay pending usage now, retrying until ``timeout_s``; never raises. ``False`` (and one
+        warning with what is left) if some could not be replayed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not self._replaying.acquire(timeout=left):
+                continue
+            try:
+                self._drain()
+                failed = False
+            except Exception as exc:  # still unreachable: try again until the deadline
+                self._fail(exc)
+                failed = True
+            finally:
+                self._replaying.release()
+            if failed:
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        with self._lock:
+            pending = dict(self._pending)
+        left_over = sum((actual for _, actual, _ in pending.values()), Amount())
+        logger.warning("budget counters: %s unreachable for %.1f s; %d counter updates (%d tokens, "
+                       "%d cost nano-units) could not be replayed and stay counted in this process only",
+                       self.backend, timeout_s, len(pending), left_over.tokens, left_over.cost_nanos)
+        return False
+
     def close(self) -> None:
+        self._at_exit.detach()
+        try:
+            self.flush()
+        except Exception as exc:  # flush does not raise; this is for a subclass's fault
+            internal_error(self._kind + ".flush", exc)
         for store in (self.primary, self.fallback):
             try:
                 store.close()
@@ -202,11 +257,13 @@ class FailOpenCounterStore:
             self._next_probe = self._clock() + self.probe_interval
             if not self._down:
                 self._down = True
+                self._down_since = time.monotonic()
                 self.outages += 1
 
     def _count_degraded(self, op: str) -> None:
         with self._lock:
             self.degraded_ops += 1
+            self.degraded_by_op[op] = self.degraded_by_op.get(op, 0) + 1
         callback = self.on_degraded
         if callback is not None:
             try:
@@ -226,16 +283,48 @@ class FailOpenCounterStore:
                 return False
             # Claim the probe: other threads keep using the fallback until it is done.
             self._next_probe = now + self.probe_interval
-            pending, self._pending = self._pending, {}
-        try:
+        return self._replay_now()
+
+    def _replay_now(self) -> bool:
+        """Drain unless another thread is replaying; True when it left the store healthy.
+
+        After releasing ``_replaying`` it looks again: an entry deferred while it held the lock
+        (whose thread could not take it) is replayed here rather than left behind."""
+        while self._replaying.acquire(blocking=False):
+            try:
+                self._drain()
+            except Exception as exc:
+                self._fail(exc)
+                return False
+            finally:
+                self._replaying.release()
+            with self._lock:
+                if not self._pending or self._down:
+                    return not self._down
+        return False
+
+    def _drain(self) -> None:
+        """Replay until nothing is pending, then be healthy; the caller holds ``_replaying``.
+
+        Raises (with the rest re-deferred) when the primary fails. The switch to healthy happens
+        under ``_lock`` together with seeing the pending set empty, so nothing deferred before it
+        is left behind; what is deferred after it is replayed by its own thread (``_defer``)."""
+        replayed = 0
+        while True:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                if not pending:
+                    recovered = self._down
+                    self._down = False
+                    if recovered:
+                        self.recoveries += 1
+                    break
             self._replay(pending)
-        except Exception as exc:
-            self._fail(exc)
-            return False
-        with self._lock:
-            self._down = False
-            self.recoveries += 1
-        return True
+            replayed += len(pending)
+        if recovered:
+            logger.info("budget counters: %s is reachable again after %.1f s; %d counter updates made "
+                        "meanwhile were replayed into it", self.backend, time.monotonic() - self._down_since,
+                        replayed)
 
     def _replay(self, pending: _Pending) -> None:
         """Apply ``pending`` to the primary; what was not applied goes back to the pending set."""
@@ -272,6 +361,11 @@ class FailOpenCounterStore:
                 reserved, actual = old[0] + reserved, old[1] + actual
                 ttl_s = ttl_s if ttl_s is not None else old[2]
             self._pending[key] = (reserved, actual, ttl_s)
+            stranded = not self._down
+        # Answered locally just before a replay switched the store back to healthy: no probe will
+        # come for this entry, so this thread replays it (or the replayer holding the lock does).
+        if stranded:
+            self._replay_now()
 
     def _take_local(self, inflight_key: str, reserved: Amount) -> bool:
         """Was this reservation taken by the fallback? If so, forget it (it is being settled)."""
@@ -296,3 +390,12 @@ class FailOpenCounterStore:
     def _recall(self, where: tuple[tuple[str, ...], str]) -> tuple[Amount, Amount]:
         with self._lock:
             return self._baseline.get(where, (Amount(), Amount()))
+
+
+def _flush_at_exit(ref: weakref.ref[FailOpenCounterStore]) -> None:
+    store = ref()
+    if store is not None:
+        try:
+            store.flush()
+        except Exception as exc:  # runs at interpreter exit: nothing may escape
+            internal_error("ledger.flush_at_exit", exc)

@@ -7,7 +7,9 @@ Used by the test suite, the benchmarks and anyone trying the Redis ledger locall
         ...  server.url -> "redis://127.0.0.1:PORT/0"
 
 ``stop()`` kills the process abruptly (what outage tests want); ``start()`` again reuses
-the same port, so clients reconnect to "the same" Redis, now empty.
+the same port, so clients reconnect to "the same" Redis: empty, or with what it had persisted
+when built with ``persistence="aof"`` (every write fsynced before its reply) or ``"rdb"``
+(the last ``SAVE``), both kept in ``workdir``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,19 @@ from .ports import free_port
 
 __all__ = ["RedisServer"]
 
+_PERSISTENCE = {
+    "none": ("--save", "", "--appendonly", "no"),
+    "aof": ("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+    "rdb": ("--save", "3600 1", "--appendonly", "no"),
+}
+
 
 class RedisServer:
-    def __init__(self, binary: str, workdir: str | Path | None = None) -> None:
+    def __init__(self, binary: str, workdir: str | Path | None = None, *, persistence: str = "none") -> None:
+        if persistence not in _PERSISTENCE:
+            raise ValueError(f"persistence must be one of {sorted(_PERSISTENCE)}, got {persistence!r}")
         self.binary = binary
+        self.persistence = persistence
         self._own_dir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="llm-usage-redis-"))
         self.port = free_port()
@@ -48,7 +59,7 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *_PERSISTENCE[self.persistence],
              "--dir", str(self.workdir), "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -77,7 +88,7 @@ class RedisServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        proc.kill()  # persistence is off, so an abrupt stop loses nothing a test relies on
+        proc.kill()  # SIGKILL: an outage; what survives is what the persistence mode kept
         proc.wait(10)
 
     def close(self) -> None:
