@@ -15,29 +15,34 @@ For many processes (replicas, pre-fork workers, short jobs) this module also:
 * gives every process its own ``service.instance.id`` (a UUID) unless
   ``OTEL_RESOURCE_ATTRIBUTES`` sets one, so per-process series pushed over OTLP
   (cumulative by default, as Prometheus needs) never collide in the Collector;
-* on ``SIGTERM``, when it installed the providers itself and the signal still has
-  its default disposition, flushes the ledger and the metrics first and then
-  lets the default action end the process (exit at interpreter shutdown is
-  covered by the SDK's own ``atexit`` shutdown, which runs a final collection).
+* on ``SIGTERM`` (in every set-up: the instrumentor installs it, see
+  :func:`install_sigterm_flush`), flushes the ledger and the metrics first and then
+  does what the signal did before: the previous handler runs, or the default action
+  ends the process (exit at interpreter shutdown is covered by the SDK's own
+  ``atexit`` shutdown, which runs a final collection).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
 
-__all__ = ["SERVICE_INSTANCE_ID", "process_resource", "setup_default_providers", "start_prometheus_endpoint"]
+__all__ = [
+    "SERVICE_INSTANCE_ID", "install_sigterm_flush", "process_resource", "setup_default_providers",
+    "start_prometheus_endpoint", "uninstall_sigterm_flush",
+]
 
 logger = logging.getLogger("otel_llm_usage")
 SERVICE_INSTANCE_ID = "service.instance.id"
@@ -88,33 +93,62 @@ def setup_default_providers(env: Mapping[str, str] | None = None) -> None:
     _setup_metrics(env, resource)
     _setup_traces(env, resource)
     if _installed:
-        _install_sigterm_flush()
+        install_sigterm_flush()
 
 
-def _install_sigterm_flush() -> bool:
-    """Flush on SIGTERM, but only if nobody (the host, a server framework) handles it already."""
+def install_sigterm_flush() -> bool:
+    """Flush ledger and telemetry on SIGTERM, in every set-up, keeping whatever handled it before.
+
+    A Python handler installed earlier (the app's, a server framework's) still runs, right after
+    the flush; the default disposition still ends the process, by the signal. ``SIG_IGN`` and a
+    handler installed from C (``getsignal`` gives ``None``) are left alone, and so is every thread
+    but the main one (``signal.signal`` works there only). A handler installed *after* this one
+    replaces it: its own exit path (``sys.exit``) runs ``atexit``, where the ledger is flushed too.
+    Idempotent; :func:`uninstall_sigterm_flush` puts the previous handler back."""
+    global _previous_sigterm
     if threading.current_thread() is not threading.main_thread():
-        return False  # signal.signal works on the main thread only
+        return False
     try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        current = signal.getsignal(signal.SIGTERM)
+        if current is _on_sigterm:
+            return True
+        if current is signal.SIG_IGN or current is None:
             return False
+        _previous_sigterm = current
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # pragma: no cover - embedded interpreters without signals
         return False
     return True
 
 
+def uninstall_sigterm_flush() -> None:
+    """Put back the handler :func:`install_sigterm_flush` chained to, if ours is still the one installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, _previous_sigterm)
+
+
+_previous_sigterm: Callable[[int, FrameType | None], Any] | int = signal.SIG_DFL
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Flush ledger and telemetry, then terminate exactly as the default SIGTERM would.
+    """Flush ledger and telemetry, then do what SIGTERM did before: the previous handler, or the default.
 
     The flush runs on a helper thread with a deadline: this handler interrupts the main
     thread between two bytecodes, possibly while it holds a lock the flush needs (an SDK
     aggregation lock, a store lock); waiting on it here would hang the process forever."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends us at once
+    previous = _previous_sigterm
+    if not callable(previous):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends us at once
     helper = threading.Thread(target=_flush_all, args=(_SIGTERM_FLUSH_TIMEOUT_S,),
                               name="otel-llm-usage-sigterm-flush", daemon=True)
     helper.start()
     helper.join(_SIGTERM_FLUSH_TIMEOUT_S + 1.0)
+    if callable(previous):
+        previous(signum, frame)  # the host's own shutdown, unchanged (it may raise SystemExit: let it)
+        return
     os.kill(os.getpid(), signal.SIGTERM)  # default disposition now: the process ends by the signal
 
 

@@ -69,6 +69,12 @@ METRIC_UNPRICED = "llm.pricing.unpriced_requests"
 METRIC_CATALOG_AGE = "llm.pricing.catalog.age"
 METRIC_HOURLY_COST = "llm.usage.hourly_cost"
 METRIC_INTERNAL_ERRORS = "llm.usage.internal_errors"
+# Counter, label ``reason`` (ledger/writer.py DROP_*): Prometheus ``llm_usage_ledger_dropped_records_total``.
+METRIC_LEDGER_DROPPED = "llm.usage.ledger.dropped_records"
+# Budget counter store (Prometheus: llm_usage_store_degraded_operations_total{store,operation},
+# llm_usage_store_up{store}): operations answered locally while the shared store failed, and its state.
+METRIC_STORE_DEGRADED_OPS = "llm.usage.store.degraded_operations"
+METRIC_STORE_UP = "llm.usage.store.up"
 
 # --- metric labels ------------------------------------------------------------
 ATTRIBUTION_LABELS = ("provider", "model", "function", "user", "session", "anchor")

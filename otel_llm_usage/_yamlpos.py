@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["dotted", "line_of"]
+__all__ = ["dotted", "duplicate_keys", "line_of"]
 
 
 def dotted(loc: tuple[Any, ...]) -> str:
@@ -45,3 +45,23 @@ def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             break
         node = child
     return line
+
+
+def duplicate_keys(node: yaml.Node | None, loc: tuple[Any, ...] = ()) -> list[tuple[int, str, int]]:
+    """(line, dotted key, line of the first occurrence) of every key given twice in one mapping."""
+    found: list[tuple[int, str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for k, v in node.value:
+            key = getattr(k, "value", None)
+            line = k.start_mark.line + 1
+            if isinstance(key, str) and key != "<<":  # merge keys may repeat by design
+                if key in first:
+                    found.append((line, dotted((*loc, key)), first[key]))
+                else:
+                    first[key] = line
+            found += duplicate_keys(v, (*loc, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, child in enumerate(node.value):
+            found += duplicate_keys(child, (*loc, index))
+    return found

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._names import ATTRIBUTION_LABELS
 from ._yamlpos import dotted as _dotted
+from ._yamlpos import duplicate_keys
 from ._yamlpos import line_of as _line_of
 from .budgets.config import BudgetConfig
 from .errors import ConfigError
+from .ledger.urls import ledger_url_problem
 from .pricing.models import PricingSettings
 
 __all__ = ["AttributionSettings", "Config", "ConfigError", "load_config"]
@@ -63,6 +65,14 @@ class AttributionSettings(_Strict):
             raise ValueError(f"unknown label(s) {bad}; choose from {list(_METRIC_LABEL_CHOICES)}")
         return v
 
+    @model_validator(mode="after")
+    def _keyed_hash(self) -> AttributionSettings:
+        # An HMAC with an empty key is a plain hash: anyone holding a user id could recompute it.
+        if self.hash_users and not self.hash_key:
+            raise ValueError("hash_users: true needs hash_key (a secret; or OTEL_LLM_USAGE_HASH_KEY): "
+                             "without a key anyone can recompute the hashed ids from the raw ones")
+        return self
+
 
 class Config(_Strict):
     capture_content: bool = False
@@ -83,8 +93,9 @@ class Config(_Strict):
     @field_validator("ledger")
     @classmethod
     def _ledger_url(cls, v: str) -> str:
-        if not v.startswith(("memory://", "sqlite://", "redis://", "rediss://")):
-            raise ValueError("must start with memory://, sqlite:///PATH or redis://HOST:PORT/DB")
+        problem = ledger_url_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("budgets")
@@ -139,6 +150,12 @@ def load_config(
             mark = getattr(exc, "problem_mark", None)
             where = f"{source}:{mark.line + 1}" if mark is not None else source
             raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        duplicates = duplicate_keys(root)
+        if duplicates:
+            # yaml.safe_load keeps the last of two equal keys: a second `budgets:` would drop the first.
+            raise ConfigError("invalid otel-llm-usage configuration\n  " + "\n  ".join(
+                f"{source}:{line}: {key}: duplicate key (first given on line {first})"
+                for line, key, first in duplicates))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

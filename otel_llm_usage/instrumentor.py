@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Collection
 from typing import Any
@@ -26,7 +27,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 
 from .attribution import carry_attribution
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .instrumentation.lifecycle import CallHandler, Router, fixed_route, note_attempt
 from .runtime import Runtime, build_runtime, clear_runtime
 
@@ -118,7 +119,12 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         config = kwargs.get("config")
         if config is None:
-            config = load_config(kwargs.get("config_path"))
+            try:
+                config = load_config(kwargs.get("config_path"))
+            except ConfigError as exc:
+                if _under_auto_instrumentation():
+                    _refuse_to_start(exc)
+                raise
         tracer_provider = kwargs.get("tracer_provider")
         meter_provider = kwargs.get("meter_provider")
         if meter_provider is None and (kwargs.get("setup_providers") or _under_auto_instrumentation()):
@@ -140,9 +146,17 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if config.attribution.propagate_to_threads:
             _patch(patched, "concurrent.futures.thread", "ThreadPoolExecutor", "submit", _submit_wrapper)
         type(self)._patched = patched
+        from ._bootstrap import install_sigterm_flush
+
+        # Not only when the providers are ours: an app passing its own would lose what the ledger
+        # writer still holds (up to a second of records) to a plain SIGTERM.
+        install_sigterm_flush()
         logger.debug("otel-llm-usage instrumented %d methods", len(patched))
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        from ._bootstrap import uninstall_sigterm_flush
+
+        uninstall_sigterm_flush()
         for owner, method, original in type(self)._patched:
             if getattr(vars(owner).get(method), "__wrapped__", None) is original:
                 # Put back the descriptor itself: ``unwrap`` would store the *bound* method
@@ -160,6 +174,22 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     @property
     def runtime(self) -> Runtime | None:
         return type(self)._runtime
+
+
+def _refuse_to_start(exc: ConfigError) -> None:
+    """Under ``opentelemetry-instrument`` an invalid config ends the process before the app starts.
+
+    The loader would log our ConfigError as a traceback and start the app anyway, uninstrumented:
+    every budget the user configured (limits, ``action: block``/``exit``) silently unenforced, and the
+    instrumentors after ours skipped. A budget is a promise about spending, so not starting is the
+    safe failure, as it is for ``instrument()`` in code, which raises the same error. ``os._exit``:
+    we are inside ``sitecustomize``, where ``SystemExit`` is not reliably an exit, and nothing of
+    ours (threads, ports, files) is running yet."""
+    sys.stderr.write(f"otel-llm-usage: not starting: {exc}\n"
+                     "  fix the file (check it with `otel-llm-usage check-config FILE`), or run without usage "
+                     "tracking and budgets with OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=llm_usage\n")
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _under_auto_instrumentation() -> bool:

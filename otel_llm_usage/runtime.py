@@ -47,6 +47,10 @@ from .usage import TokenUsage, UsageRecord
 
 __all__ = ["Runtime", "active_runtime", "build_runtime"]
 
+# The longest a host thread waits for the SQLite file (a budget reservation or settlement on the
+# calling thread) before the counters fail open to local counting; our own threads wait longer.
+_CALLER_WAIT_S = 0.1
+
 
 class TelemetryStage:
     def __init__(self, telemetry: Telemetry) -> None:
@@ -112,8 +116,8 @@ class Runtime:
             self.store, self.counters = MemoryRecordStore(), MemoryCounterStore(clock)
             self.ledger: Any = self.store
         else:
-            self.store, self.counters = open_ledger(config.ledger)
-            self.ledger = LedgerWriter(self.store)
+            self.store, self.counters = open_ledger(config.ledger, caller_wait=_CALLER_WAIT_S)
+            self.ledger = LedgerWriter(self.store, on_dropped=self.telemetry.dropped_records)
         self._retention_stop = threading.Event()
         if not config.ledger.startswith("memory://"):
             threading.Thread(target=self._retention_loop, name="otel-llm-usage-retention", daemon=True).start()
@@ -141,7 +145,9 @@ class Runtime:
         # there at all, and the worker's pricing step skips records already priced.
         # SQLite settles on the calling thread: its counters sit behind one process-wide lock, and
         # a worker settling there would make the next call's reservation queue behind it (measured:
-        # slower than settling inline). Settlement needs the cost, so pricing comes along.
+        # slower than settling inline). Settlement needs the cost, so pricing comes along. The
+        # calling thread waits at most _CALLER_WAIT_S for the file (another process may hold it
+        # for seconds); past that the counters fail open and reconcile later.
         settle_inline = isinstance(getattr(self.counters, "primary", self.counters), SqliteCounterStore)
         priced_and_settled: list[Any] = [self.pricer, self.budgets]
         inline: list[Any] = priced_and_settled if settle_inline else []
@@ -271,6 +277,8 @@ class Runtime:
         ``False`` if that did not finish within ``timeout_s``."""
         if not self.pipeline.drain(-1 if timeout_s is None else timeout_s):
             return False
+        # Budget usage counted locally during a counter-store outage goes to the shared store now.
+        getattr(self.counters, "flush", lambda _: True)(min(2.0, 2.0 if timeout_s is None else timeout_s))
         flush = getattr(self.ledger, "flush", None)
         return bool(flush(timeout=timeout_s)) if flush is not None else True
 

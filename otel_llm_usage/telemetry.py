@@ -13,7 +13,7 @@ import hmac
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter_provider
 
@@ -22,7 +22,7 @@ from ._guard import internal_error, set_error_sink
 from .config import AttributionSettings
 from .usage import UsageRecord, billable_breakdown
 
-__all__ = ["LabelPolicy", "Telemetry", "put_present", "semconv_attributes"]
+__all__ = ["LabelPolicy", "Telemetry", "put_present", "register_store_metrics", "semconv_attributes"]
 
 # Bucket advice from the GenAI semantic conventions (gen-ai-metrics, read 2026-11-26).
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
@@ -61,6 +61,41 @@ def semconv_attributes(record: UsageRecord) -> dict[str, Any]:
         ((N.GEN_AI_REQUEST_MODEL, record.request_model), (N.GEN_AI_RESPONSE_MODEL, record.response_model),
          (N.SERVER_ADDRESS, record.server_address), (N.SERVER_PORT, record.server_port)),
     )
+
+
+class StoreHealth(Protocol):
+    """What :class:`~otel_llm_usage.ledger.resilient.FailOpenCounterStore` exposes for its metrics."""
+
+    backend: str
+    degraded_by_op: Mapping[str, int]
+
+    @property
+    def degraded(self) -> bool: ...
+
+
+def register_store_metrics(meter: Meter, store: object) -> None:
+    """``llm_usage_store_degraded_operations_total{store,operation}`` and ``llm_usage_store_up{store}``
+    for a fail-open counter store; nothing for a store that cannot fail (memory).
+
+    Both are read from the store's own counts at collection time, so the hot path pays nothing and
+    the totals are exact (the on_degraded callback would cost a metric add per local answer)."""
+    if not all(hasattr(store, a) for a in ("backend", "degraded_by_op", "degraded")):
+        return
+    health: StoreHealth = store  # type: ignore[assignment]
+
+    def degraded_ops(options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"store": health.backend, "operation": op})
+                for op, n in list(health.degraded_by_op.items())]
+
+    def up(options: CallbackOptions) -> list[Observation]:
+        return [Observation(0 if health.degraded else 1, {"store": health.backend})]
+
+    meter.create_observable_counter(
+        N.METRIC_STORE_DEGRADED_OPS, [degraded_ops],
+        description="Budget counter operations answered locally because the shared store failed.")
+    meter.create_observable_gauge(
+        N.METRIC_STORE_UP, [up],
+        description="1 while the shared budget counter store answers, 0 while budgets run on local counts.")
 
 
 class LabelPolicy:
@@ -179,6 +214,8 @@ class Telemetry:
         self._label_cache: dict[tuple[Any, ...], tuple[dict[str, Any], tuple[Any, ...]]] = {}
         self._semconv_cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
         set_error_sink(lambda kind: self.internal_errors.add(1, {"kind": kind}))
+        self.ledger_dropped = meter.create_counter(
+            N.METRIC_LEDGER_DROPPED, description="Usage records the ledger could not write and dropped, by reason.")
 
     def _observer(self, sums: _Sums) -> Callable[[CallbackOptions], list[Observation]]:
         def observe(options: CallbackOptions) -> list[Observation]:
@@ -275,6 +312,9 @@ class Telemetry:
         self.meter.create_observable_gauge(
             N.METRIC_CATALOG_AGE, [observe], unit="d",
             description="Days since the prices of a catalog were read (its oldest current entry).")
+
+    def dropped_records(self, n: int, reason: str) -> None:
+        self.ledger_dropped.add(n, {"reason": reason})
 
     def budget_event(self, budget: str, scope: str, level: str) -> None:
         self.budget_events.add(1, {"budget": budget, "scope": self.labels.value("budget_scope", scope), "level": level})

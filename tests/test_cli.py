@@ -8,9 +8,11 @@ command itself (which goes through pricing, budgets and the ledger writer).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ import pytest
 from typer.testing import CliRunner
 
 from otel_llm_usage.cli import app
+from otel_llm_usage.cli.serve import MAX_HANDLERS
 from otel_llm_usage.ledger import RecordQuery, open_ledger
 from otel_llm_usage.usage import UsageRecord
 
@@ -478,3 +481,55 @@ def test_ledger_delete_and_purge_commands(tmp_path):
     finally:
         store.close()
         counters.close()
+
+
+def raw(server: str, request: bytes, *, timeout: float = 10) -> bytes:
+    host, port = server.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it may answer and hang up first
+            conn.sendall(request)
+        return conn.recv(65536)
+
+
+def test_serve_rejects_bad_lengths_cross_site_posts_and_bad_query_values(ledger: str, config: Path) -> None:
+    proc = subprocess.Popen([*console_script(), "serve", "--port", "0", "--ledger", ledger, "-c", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env())
+    try:
+        assert proc.stdout is not None
+        server = proc.stdout.readline().split()[1]
+        own = server.split("//")[1]
+        body = b'{"provider": "openai", "model": "gpt-4o", "input": 5}'
+        post = ("POST /api/record HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\n"
+                "Content-Length: {n}\r\n{extra}\r\n")
+
+        def send(host: str = own, ctype: str = "application/json", n: str = str(len(body)), extra: str = "",
+                 data: bytes = body) -> int:
+            reply = raw(server, post.format(host=host, ctype=ctype, n=n, extra=extra).encode() + data)
+            return int(reply.split()[1])
+
+        assert send(n="-1", data=b"x" * (2 << 20)) == 400  # no longer read to EOF past the cap
+        assert send(ctype="text/plain") == 415  # what a page on another site may POST unasked
+        assert send(extra="Origin: https://evil.example\r\n") == 403
+        assert send(host="evil.example:80") == 403  # DNS rebinding
+        for query in ("since=1e308d", "until=9999-12-31", "n=" + "9" * 5000, "since=0001-01-01"):
+            status, reply = http(f"{server}/api/top?{query}")
+            assert status == 400 and reply["status"] == 400, (query, reply)
+        assert send() == 201
+        # 50 connections that never send a request: beyond MAX_HANDLERS the server hangs up at once
+        # (the ones it keeps are cut off by the read timeout), instead of holding 50 threads.
+        host, port = own.split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=2) for _ in range(50)]
+        try:
+            time.sleep(0.5)
+            closed = 0
+            for conn in idle:
+                conn.settimeout(0.1)
+                with contextlib.suppress(TimeoutError):
+                    closed += conn.recv(1) == b""
+            assert closed >= 50 - MAX_HANDLERS
+        finally:
+            for conn in idle:
+                conn.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -90,3 +90,26 @@ def test_env_overrides_and_their_errors(tmp_path):
 def test_config_path_from_env(tmp_path):
     path = write(tmp_path, "stream_include_usage: false\n")
     assert load_config(env={"OTEL_LLM_USAGE_CONFIG": str(path)}).stream_include_usage is False
+
+
+@pytest.mark.parametrize(("body", "key", "fragment"), [
+    ("ledger: sqlite://relative/x.db\n", "ledger", "absolute path"),
+    ("ledger: sqlite:///no/such/folder/x.db\n", "ledger", "/no/such/folder does not exist"),
+    ("ledger: redis://host:notaport/0\n", "ledger", "port must be a number"),
+    ("attribution:\n  hash_users: true\n", "attribution", "needs hash_key"),
+])
+def test_ledger_urls_and_unkeyed_hashing_are_refused_with_file_line(tmp_path, body, key, fragment):
+    path = write(tmp_path, body)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert f"{path}:1: {key}:" in str(info.value) and fragment in str(info.value)
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    path = write(tmp_path, "budgets:\n  - {name: a, limit: {tokens: 5}}\nattribution:\n  hash_users: false\n"
+                           "  hash_users: true\nbudgets: []\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert f"{path}:5: attribution.hash_users: duplicate key (first given on line 4)" in message
+    assert f"{path}:6: budgets: duplicate key (first given on line 1)" in message

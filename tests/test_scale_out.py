@@ -189,20 +189,21 @@ def test_sigterm_flushes_ledger_and_metrics_then_dies_by_the_signal(server, rece
     assert ledger_tokens(sqlite_url(tmp_path)) == (3, 3 * CALL_TOKENS)
 
 
-def test_sigterm_handler_only_replaces_the_default_disposition():
-    """Host code (gunicorn, uvicorn, the app) that handles SIGTERM keeps its handler."""
+def test_sigterm_flush_chains_to_the_hosts_handler_and_leaves_sig_ign_alone():
+    """Host code (gunicorn, uvicorn, the app) that handles SIGTERM keeps its handler: it runs after the flush."""
     before = signal.getsignal(signal.SIGTERM)
 
     def host_handler(signum: int, frame: object) -> None:
         pass
 
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        assert _bootstrap.install_sigterm_flush() is False
         signal.signal(signal.SIGTERM, host_handler)
-        assert _bootstrap._install_sigterm_flush() is False
-        assert signal.getsignal(signal.SIGTERM) is host_handler
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        assert _bootstrap._install_sigterm_flush() is True
+        assert _bootstrap.install_sigterm_flush() is True
         assert signal.getsignal(signal.SIGTERM) is _bootstrap._on_sigterm
+        _bootstrap.uninstall_sigterm_flush()
+        assert signal.getsignal(signal.SIGTERM) is host_handler
     finally:
         signal.signal(signal.SIGTERM, before)
 

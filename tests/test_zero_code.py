@@ -85,3 +85,18 @@ def test_opentelemetry_instrument_sends_traces_where_otel_traces_exporter_says(l
     assert proc.stdout.count('"name": "chat gpt-4o-mini"') == 3
     assert '"llm_usage.function": "zero-code-feature"' in proc.stdout
     assert '"gen_ai.usage.input_tokens": 3' in proc.stdout
+
+
+@pytest.mark.slow
+def test_invalid_config_under_opentelemetry_instrument_refuses_to_start(tmp_path):
+    """A configured budget must not silently vanish: the app does not start uninstrumented."""
+    instrument = shutil.which("opentelemetry-instrument")
+    assert instrument
+    config = tmp_path / "otel-llm-usage.yaml"
+    config.write_text("budgets:\n  - name: b\n    limit: {tokens: 10}\n    window: fortnight\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+           "OTEL_LLM_USAGE_CONFIG": str(config), "OTEL_METRICS_EXPORTER": "none"}
+    proc = subprocess.run([instrument, sys.executable, "-c", "print('APP RAN')"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "APP RAN" not in proc.stdout
+    assert f"{config}:4: budgets[0].window:" in proc.stderr and "Traceback" not in proc.stderr

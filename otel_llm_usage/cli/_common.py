@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ from rich.console import Console
 
 from ..config import Config, ConfigError, load_config
 from ..ledger import CounterStore, RecordQuery, RecordStore, open_ledger
+from ..ledger.urls import ledger_url_problem
 from ..reports import CostConverter, day_start
 from ..usage import UsageRecord
 
@@ -81,8 +83,9 @@ def load(config: Path | None, ledger: str | None, *, durable: bool = True) -> Co
     except ConfigError as exc:
         fail(str(exc))
     if ledger:
-        if not ledger.startswith(("memory://", "sqlite://", "redis://", "rediss://")):
-            fail(f"--ledger {ledger!r}: must start with sqlite:///PATH, redis://HOST:PORT/DB or memory://", 2)
+        problem = ledger_url_problem(ledger)
+        if problem is not None:
+            fail(f"--ledger {ledger!r}: {problem}", 2)
         cfg = cfg.model_copy(update={"ledger": ledger})
     if durable and cfg.ledger.startswith("memory://"):
         fail("no ledger to read: the config's ledger is memory:// (kept only inside the instrumented "
@@ -98,6 +101,10 @@ def open_stores(cfg: Config) -> Iterator[tuple[RecordStore, CounterStore]]:
         fail(str(exc))
     try:
         yield records, counters
+    except sqlite3.Error as exc:
+        # Locked, unreadable or unwritable file: one line naming it, not a traceback.
+        reason = getattr(records, "unwritable", None) or str(exc)
+        fail(f"ledger {cfg.ledger}: cannot read it ({reason})")
     finally:
         for store in (records, counters):
             with contextlib.suppress(Exception):

@@ -20,10 +20,12 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
@@ -45,6 +47,12 @@ __all__ = ["ApiError", "UsageAPI", "is_loopback", "make_server", "serve"]
 
 logger = logging.getLogger("otel_llm_usage.serve")
 MAX_BODY = 64 * 1024
+# A client that opens a connection and sends nothing (or half a request) is cut off after this, and at
+# most MAX_HANDLERS requests are served at once: a slow or hostile client cannot pin every thread.
+READ_TIMEOUT_S = 10.0
+MAX_HANDLERS = 16
+# Query values: the period must be a real instant between these years, n a short number.
+_YEARS = (1970, 9999)
 _TOP_DIMENSIONS = ("user", "anchor", "function")
 _ATTRIBUTION = ("function", "user", "session", "anchor")
 
@@ -67,6 +75,19 @@ def is_loopback(host: str) -> bool:
 def _one(params: dict[str, list[str]], name: str) -> str | None:
     values = params.get(name)
     return values[-1] if values and values[-1] != "" else None
+
+
+def _instant(name: str, text: str, tz: Any, now: float, *, end: bool) -> float:
+    """A ``since``/``until`` value as epoch seconds; 400 for anything that is not a real instant."""
+    lo, hi = (datetime(year, 1, 1, tzinfo=timezone.utc).timestamp() for year in _YEARS)
+    try:
+        value = C.parse_when(text, tz, now, end=end)
+    except (ValueError, OverflowError) as exc:  # OverflowError: the day after 9999-12-31
+        message = str(exc) if isinstance(exc, ValueError) else "out of range"
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: {message}") from None
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: must fall between {_YEARS[0]} and {_YEARS[1]}")
+    return value
 
 
 def _tokens(body: dict[str, Any], name: str) -> int | None:
@@ -97,12 +118,9 @@ class UsageAPI:
 
     def _period(self, params: dict[str, list[str]]) -> tuple[float | None, float | None]:
         now = time.time()
-        try:
-            since, until = _one(params, "since"), _one(params, "until")
-            return (C.parse_when(since, self.tz, now) if since else None,
-                    C.parse_when(until, self.tz, now, end=True) if until else None)
-        except ValueError as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        since, until = _one(params, "since"), _one(params, "until")
+        return (_instant("since", since, self.tz, now, end=False) if since else None,
+                _instant("until", until, self.tz, now, end=True) if until else None)
 
     def usage(self, params: dict[str, list[str]]) -> dict[str, Any]:
         group_by = _one(params, "group_by") or "model"
@@ -119,7 +137,8 @@ class UsageAPI:
         if by not in _TOP_DIMENSIONS:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"by must be one of {', '.join(_TOP_DIMENSIONS)}")
         n_text = _one(params, "n") or "10"
-        if not n_text.isdigit() or not 1 <= int(n_text) <= 1000:
+        # Length first: int() of a 5,000-digit string raises (Python's digit limit) instead of answering.
+        if not (n_text.isascii() and n_text.isdigit() and len(n_text) <= 4 and 1 <= int(n_text) <= 1000):
             raise ApiError(HTTPStatus.BAD_REQUEST, "n must be an integer from 1 to 1000")
         since, until = self._period(params)
         rows = breakdown(self.runtime.records(RecordQuery(since=since, until=until)), by, self.convert)
@@ -156,7 +175,24 @@ class UsageAPI:
         return {"recorded": record_json(rec, self.convert)}
 
 
-def _handler(api: UsageAPI, token: str | None) -> type[BaseHTTPRequestHandler]:
+def _same_site(headers: Any, own_hosts: frozenset[str] | None) -> str | None:
+    """Why a request may come from another site (a web page the user has open), or ``None``.
+
+    A browser lets any page POST ``text/plain`` to 127.0.0.1 without asking, and a DNS-rebound name
+    reaches it too; such a request carries a foreign ``Origin`` or ``Host``. ``own_hosts`` is the
+    ``Host`` values of a loopback server (``None`` when bound elsewhere: the token guards it).
+    """
+    host = (headers.get("Host") or "").lower()
+    if own_hosts is not None and host not in own_hosts:
+        return f"Host {host or '(none)'} is not this server"
+    origin = headers.get("Origin")
+    if origin is not None and urlsplit(origin.lower()).netloc != host:
+        return "cross-origin requests are not accepted"
+    return None
+
+
+def _handler(api: UsageAPI, token: str | None,
+             own_hosts: frozenset[str] | None = None) -> type[BaseHTTPRequestHandler]:
     routes: dict[tuple[str, str], Callable[..., Any]] = {
         ("GET", "/api/usage"): api.usage, ("GET", "/api/budgets"): api.budgets, ("GET", "/api/top"): api.top,
     }
@@ -164,6 +200,7 @@ def _handler(api: UsageAPI, token: str | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "otel-llm-usage"
         protocol_version = "HTTP/1.1"
+        timeout = READ_TIMEOUT_S  # socket read timeout (StreamRequestHandler.setup applies it)
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.info("%s %s", self.address_string(), format % args)
@@ -187,6 +224,9 @@ def _handler(api: UsageAPI, token: str | None) -> type[BaseHTTPRequestHandler]:
 
         def _dispatch(self, method: str) -> None:
             try:
+                foreign = _same_site(self.headers, own_hosts)
+                if foreign is not None:
+                    raise ApiError(HTTPStatus.FORBIDDEN, foreign)
                 if not self._authorized():
                     raise ApiError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
                 url = urlsplit(self.path)
@@ -201,16 +241,23 @@ def _handler(api: UsageAPI, token: str | None) -> type[BaseHTTPRequestHandler]:
                                    f"{method} {url.path} is not an endpoint of this API")
                 self._send(HTTPStatus.OK, route(params))
             except ApiError as exc:
+                if exc.status in (HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                  HTTPStatus.UNSUPPORTED_MEDIA_TYPE) and method == "POST":
+                    self.close_connection = True  # the unread body would be taken for the next request
                 self._send(exc.status, {"error": str(exc), "status": int(exc.status)})
             except Exception:
                 logger.exception("serve: %s %s failed", method, self.path)
                 self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error", "status": 500})
 
         def _json_body(self) -> Any:
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
+            # Only JSON: a form or text/plain POST is what a page on another site can send unasked.
+            if self.headers.get_content_type() != "application/json":
+                raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "the body must be application/json")
+            text = self.headers.get("Content-Length", "0").strip()
+            # isdigit: int() accepts "-1" (read() would then read to EOF) and "+5", " 5", "1_0".
+            if not (text.isascii() and text.isdigit()):
+                raise ApiError(HTTPStatus.BAD_REQUEST, "bad Content-Length")
+            length = int(text) if len(text) <= 9 else MAX_BODY + 1
             if length > MAX_BODY:
                 raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
             try:
@@ -238,9 +285,38 @@ def make_server(api: UsageAPI, host: str, port: int, token: str | None) -> Threa
     if token is None and not is_loopback(host):
         raise ValueError(f"refusing to bind {host} without --token: the API includes POST /api/record; "
                          "set --token (or OTEL_LLM_USAGE_SERVE_TOKEN) or bind 127.0.0.1")
-    server = ThreadingHTTPServer((host, port), _handler(api, token))
-    server.daemon_threads = True
+    server = _BoundedServer((host, port), _handler(api, token))
+    if is_loopback(host):
+        names = {"localhost", "127.0.0.1", "[::1]", host.lower() if ":" not in host else f"[{host.lower()}]"}
+        server.RequestHandlerClass = _handler(api, token, frozenset(
+            f"{name}:{server.server_port}" for name in names))
     return server
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """At most MAX_HANDLERS requests at once; beyond that a connection is closed at once, unread."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

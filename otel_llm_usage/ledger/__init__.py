@@ -27,6 +27,7 @@ from .counters_memory import MemoryCounterStore
 from .memory import MemoryRecordStore
 from .resilient import FailOpenCounterStore
 from .sqlite import SqliteCounterStore, SqliteDatabase, SqliteRecordStore, default_sqlite_path
+from .urls import ledger_url_problem
 from .writer import LedgerWriter
 
 __all__ = [
@@ -53,30 +54,30 @@ __all__ = [
 _DAY_S = 86_400.0
 
 
-def open_ledger(url: str, *, probe_interval: float = 5.0) -> tuple[RecordStore, CounterStore]:
+def open_ledger(url: str, *, probe_interval: float = 5.0,
+                caller_wait: float | None = None) -> tuple[RecordStore, CounterStore]:
     """The record store and counter store a ``ledger:`` URL names. The caller closes both.
 
     Raises :class:`~otel_llm_usage.errors.ConfigError` for an unknown scheme, a relative SQLite
-    path, a file that is not a SQLite database, or a missing ``redis`` client. An unreachable
-    Redis or a locked SQLite file does not raise here: operations degrade later.
+    path or missing folder, a Redis URL without a numeric port, a file that is not a SQLite database,
+    or a missing ``redis`` client. An unreachable Redis or a locked SQLite file does not raise here:
+    operations degrade later. ``caller_wait`` bounds how long a SQLite operation from a thread that
+    is not one of ours (the host's) waits for a lock; ``None`` waits the full busy timeout (the CLI).
     """
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    problem = ledger_url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"ledger {url!r}: {problem}")
+    scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         return MemoryRecordStore(), MemoryCounterStore()
     if scheme == "sqlite":
-        parts = urlsplit(url)
-        raw = unquote(parts.path)
-        if parts.netloc or (raw and not raw.startswith("/")):
-            raise ConfigError(f"ledger {url!r}: use an absolute path, sqlite:///abs/path.db")
-        db = SqliteDatabase(raw or default_sqlite_path())
+        db = SqliteDatabase(unquote(urlsplit(url).path) or default_sqlite_path(), caller_wait=caller_wait)
         counters: CounterStore = SqliteCounterStore(db)
         return SqliteRecordStore(db), FailOpenCounterStore(counters, probe_interval=probe_interval)
-    if scheme in ("redis", "rediss"):
-        from .redis import RedisCounterStore, RedisRecordStore
+    from .redis import RedisCounterStore, RedisRecordStore
 
-        counters = RedisCounterStore(url)
-        return RedisRecordStore(url), FailOpenCounterStore(counters, probe_interval=probe_interval)
-    raise ConfigError(f"ledger {url!r}: must start with memory://, sqlite:///PATH or redis://HOST:PORT/DB")
+    counters = RedisCounterStore(url)
+    return RedisRecordStore(url), FailOpenCounterStore(counters, probe_interval=probe_interval)
 
 
 def purge_older_than(store: RecordStore, days: float, *, now: float | None = None) -> int:

@@ -47,6 +47,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -61,7 +62,7 @@ from ..errors import ConfigError
 from ..usage import UsageRecord
 from . import _counting as counting
 from ._records import COLUMNS, deletion, from_row, to_row
-from .base import Amount, Limit, RecordQuery
+from .base import Amount, Limit, RecordQuery, saturated
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -121,24 +122,53 @@ class SqliteDatabase:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 caller_wait: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self.path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise ConfigError(f"ledger {self.path}: folder {folder} does not exist")
         self.busy_timeout = busy_timeout
+        # How long a host thread (any thread not named otel-llm-usage-*) may wait for the file;
+        # None: as long as ours. Past it the operation raises "database is locked" and the
+        # fail-open counter store answers locally: a lock held by another process for 10 s must
+        # not hold the app's call for 10 s. Our own threads (ledger writer, budget refresh) wait.
+        self.caller_wait = caller_wait
         self.clock = clock
+        self.unwritable: str | None = None  # why writes fail for good (permissions, read-only file system)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._busy_ms = -1
+        self._reported = False  # the unwritable ERROR is logged once per file
         self._users = 0
         self._closed = False
         self._next_sweep = 0.0
         try:
             with self._lock:
-                self._connection()
-        except sqlite3.OperationalError:
-            pass  # locked or read-only right now: operations retry and raise, callers degrade
+                self._connection(busy_timeout)
+        except sqlite3.OperationalError as exc:
+            # Locked or unwritable now: operations retry and raise, callers degrade. Noted, not logged
+            # yet: a reader (the CLI) has nothing to lose; the first failed write logs.
+            self._note_failure(exc, log=False)
         reset_after_fork(self)
+
+    def _wait(self) -> float:
+        """The longest this thread may wait for the process lock and for SQLite's busy handler."""
+        if self.caller_wait is None or threading.current_thread().name.startswith(_OUR_THREADS):
+            return self.busy_timeout
+        return self.caller_wait
+
+    def _note_failure(self, exc: sqlite3.Error, *, log: bool = True) -> None:
+        """Name the file and the cause once (ERROR) when it cannot be written at all; a lock is transient."""
+        message = str(exc).lower()
+        if not any(sign in message for sign in _UNWRITABLE):
+            return
+        reason = _os_reason(self.path) or str(exc)
+        if log and not self._reported:
+            self._reported = True
+            _logger.error("otel-llm-usage: ledger %s cannot be written (%s); usage records are kept in memory "
+                          "and retried, and those still unwritten at exit are dropped (counted in "
+                          "llm_usage_ledger_dropped_records_total)", self.path, reason)
+        self.unwritable = reason
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -146,16 +176,21 @@ class SqliteDatabase:
             _inherited_connections.append(self._conn)
             self._conn = None
 
-    def _connection(self) -> sqlite3.Connection:
-        """The open connection, opening it (and creating the schema) if needed. Caller holds the lock."""
+    def _connection(self, wait: float) -> sqlite3.Connection:
+        """The open connection, opening it (and creating the schema) if needed, set to wait at most
+        ``wait`` seconds for another process's lock. Caller holds the lock."""
         if self._conn is not None:
+            busy_ms = int(wait * 1000)
+            if busy_ms != self._busy_ms:
+                self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                self._busy_ms = busy_ms
             return self._conn
         if self._closed:
             raise sqlite3.ProgrammingError("the ledger database is closed")
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+        conn = sqlite3.connect(self.path, timeout=wait, isolation_level=None,
                                check_same_thread=False)  # used by many threads, always under self._lock
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("BEGIN IMMEDIATE")
@@ -181,13 +216,20 @@ class SqliteDatabase:
             conn.close()
             raise
         self._conn = conn
+        self._busy_ms = int(wait * 1000)
         return conn
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the process lock; rolls back on any error."""
-        with self._lock:
-            conn = self._connection()
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the process lock; rolls back on any error.
+
+        Waits at most :meth:`_wait` for the process lock and the file lock; raises
+        ``sqlite3.OperationalError`` past that."""
+        wait = self._wait()
+        if not self._lock.acquire(timeout=wait):
+            raise sqlite3.OperationalError("database is locked (by another thread of this process)")
+        try:
+            conn = self._connection(wait)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -197,11 +239,17 @@ class SqliteDatabase:
                     with suppress(sqlite3.Error):  # the original error is the one worth raising
                         conn.execute("ROLLBACK")
                 raise
+            self.unwritable = None
+        except sqlite3.OperationalError as exc:
+            self._note_failure(exc)
+            raise
+        finally:
+            self._lock.release()
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            yield self._connection()
+            yield self._connection(self.busy_timeout)
 
     def sweep_due(self, now: float) -> bool:
         if now < self._next_sweep:
@@ -223,6 +271,24 @@ class SqliteDatabase:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+_logger = logging.getLogger("otel_llm_usage")
+_OUR_THREADS = "otel-llm-usage-"
+# sqlite3 messages of a file that cannot be written at all (as opposed to "database is locked").
+_UNWRITABLE = ("readonly database", "unable to open database file", "disk i/o error")
+
+
+def _os_reason(path: str) -> str | None:
+    """The operating system's reason the file cannot be opened for writing (SQLite's message hides it)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # SQLite would create it too
+    except OSError as exc:
+        return f"{exc.strerror or exc}: {path}"
+    os.close(fd)
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        return f"folder not writable (the journal files go next to the database): {path}"
+    return None
 
 
 # Connections a forked child inherited: kept referenced so garbage collection never closes them.
@@ -247,6 +313,15 @@ class SqliteRecordStore:
         rows = [to_row(r) for r in records]  # built before taking the lock: keep the write short
         with self._db.transaction() as conn:
             conn.executemany(_INSERT, rows)
+
+    @property
+    def unwritable(self) -> str | None:
+        """Why the file cannot be written for now (the writer then stops waiting for it at exit)."""
+        return self._db.unwritable
+
+    @property
+    def location(self) -> str:
+        return self._db.path
 
     def query(self, q: RecordQuery) -> list[UsageRecord]:
         where, args = _where(q.since, q.until, q.provider, q.model, q.function, q.user, q.session, q.anchor)
@@ -386,5 +461,6 @@ class _Counters:
         # Like MemoryCounterStore: a TTL restarts the expiry, no TTL keeps the one the key has.
         old = self._rows.get(key)
         expires_at = self._now + ttl_s if ttl_s is not None else (None if old is None else old[1])
+        value = saturated(value)  # an out-of-range INTEGER would fail this and every later write
         self._rows[key] = (value, expires_at)
         self._conn.execute(_UPSERT_COUNTER, (key, value.cost_nanos, value.tokens, expires_at))

@@ -17,11 +17,15 @@ How it behaves:
   and retries with exponential backoff (``retry_initial`` doubling up to ``retry_max``)
   until the store is back; stores ignore a record id they already have, so a retried batch
   is never counted twice. At most ``max_buffer`` records wait; beyond that the *oldest* are
-  dropped and counted in ``dropped``.
+  dropped and counted in ``dropped`` (and reported to ``on_dropped(n, reason)``, which feeds
+  ``llm_usage_ledger_dropped_records_total{reason}``).
 * ``flush`` puts a marker in the queue and waits for the thread to pass it.
 * ``close`` (and the exit hook, registered through :func:`weakref.finalize` so a writer that is
   garbage-collected does not stay registered) flushes for up to ``close_timeout`` seconds and
-  stops the thread. Records that could not be written by then are counted as ``dropped``.
+  stops the thread. Records that could not be written by then are counted as ``dropped``. A store
+  that says it cannot be written at all (``store.unwritable``: a read-only file or folder) gets
+  :data:`UNWRITABLE_CLOSE_S` instead: waiting the full ``close_timeout`` for a permission to change
+  would only delay the exit.
 
 Fork: a child forked while a writer exists inherits its queue but not its thread. An
 ``os.register_at_fork`` hook empties the child's copy of the queue (those records are the
@@ -43,19 +47,30 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import queue
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._fork import reset_after_fork
 from .._guard import internal_error
 from ..usage import UsageRecord
 from .base import RecordStore
 
-__all__ = ["LedgerWriter"]
+__all__ = ["DROP_BUFFER_FULL", "DROP_SHUTDOWN", "DROP_UNWRITABLE", "UNWRITABLE_CLOSE_S", "LedgerWriter"]
+
+logger = logging.getLogger("otel_llm_usage")
+
+UNWRITABLE_CLOSE_S = 1.0
+# ``reason`` label values of the dropped-records counter.
+DROP_BUFFER_FULL = "buffer_full"  # max_buffer records were waiting already (the store is slow or down)
+DROP_UNWRITABLE = "unwritable"  # still unwritten at exit, the store cannot be written at all
+DROP_SHUTDOWN = "shutdown_timeout"  # still unwritten when close() stopped waiting (a locked or slow store)
+
+DropSink = Callable[[int, str], None]
 
 
 class _Marker:
@@ -72,8 +87,9 @@ class _State:
     """Everything the writer thread needs, so the thread does not keep the ``LedgerWriter`` alive."""
 
     def __init__(self, store: RecordStore, batch_size: int, flush_interval: float, max_buffer: int,
-                 retry_initial: float, retry_max: float) -> None:
+                 retry_initial: float, retry_max: float, on_dropped: DropSink | None) -> None:
         self.store = store
+        self.on_dropped = on_dropped
         self.batch_size = max(1, batch_size)
         self.flush_interval = flush_interval
         self.max_buffer = max(1, max_buffer)
@@ -117,10 +133,11 @@ class _State:
                     self.incoming.append(item)  # still after everything it waited for, just later
                 else:
                     self.dropped += 1
+                    self.report_dropped(1, DROP_BUFFER_FULL)
         finally:
             self.drop_lock.release()
 
-    def count_dropped(self, n: int) -> None:
+    def count_dropped(self, n: int, reason: str) -> None:
         # Bounded wait: the holder is the writer thread (which never blocks inside) or an
         # interrupted trim; in the second case an inexact count beats a deadlock.
         locked = self.drop_lock.acquire(timeout=1.0)
@@ -129,6 +146,19 @@ class _State:
         finally:
             if locked:
                 self.drop_lock.release()
+        self.report_dropped(n, reason)
+
+    def report_dropped(self, n: int, reason: str) -> None:
+        sink = self.on_dropped
+        if sink is not None and n:
+            try:
+                sink(n, reason)
+            except Exception as exc:  # a metric callback must not stop the writer
+                internal_error("ledger.on_dropped", exc)
+
+    def unwritable(self) -> str | None:
+        reason = getattr(self.store, "unwritable", None)
+        return reason if isinstance(reason, str) else None
 
     def start(self) -> None:
         thread = threading.Thread(target=self.run, name="otel-llm-usage-ledger-writer", daemon=True)
@@ -165,11 +195,18 @@ class _State:
         self.wake()
         if thread is None or thread is threading.current_thread():
             return not self.incoming and not self.buffer
+        if self.unwritable() is not None:
+            timeout = UNWRITABLE_CLOSE_S if timeout is None else min(timeout, UNWRITABLE_CLOSE_S)
         thread.join(timeout)
         if thread.is_alive():
+            before = self.dropped
             self.abandon = True  # the thread drops what is left and exits at its next wake-up
             self.wake()
             thread.join(1.0)
+            why = self.unwritable()
+            logger.error("otel-llm-usage: %d usage records dropped at exit: ledger %s %s",
+                         self.dropped - before, getattr(self.store, "location", type(self.store).__name__),
+                         f"cannot be written ({why})" if why else "did not accept them in time")
             return False
         return True
 
@@ -182,9 +219,10 @@ class _State:
         while True:
             self._drain()
             if self.abandon:
-                self._drop(len(self.buffer))
+                reason = DROP_UNWRITABLE if self.unwritable() is not None else DROP_SHUTDOWN
+                self._drop(len(self.buffer), reason)
                 self._drain()
-                self._drop(len(self.buffer))
+                self._drop(len(self.buffer), reason)
                 return
             if self.stopping and not closing_seen:
                 # Closing: retry now and then often, until stop() gives up waiting.
@@ -233,13 +271,13 @@ class _State:
                 self.drained += 1
         excess = len(self.buffer) - self.max_buffer
         if excess > 0:
-            self._drop(excess)
+            self._drop(excess, DROP_BUFFER_FULL)
         self._release_markers()
 
-    def _drop(self, n: int) -> None:
+    def _drop(self, n: int, reason: str) -> None:
         for _ in range(n):
             self.buffer.popleft()
-        self.count_dropped(n)
+        self.count_dropped(n, reason)
         self.done += n
 
     def _release_markers(self) -> None:
@@ -261,10 +299,11 @@ class LedgerWriter:
 
     def __init__(self, store: RecordStore, *, batch_size: int = 500, flush_interval: float = 1.0,
                  max_buffer: int = 100_000, retry_initial: float = 0.5, retry_max: float = 30.0,
-                 close_timeout: float = 10.0) -> None:
+                 close_timeout: float = 10.0, on_dropped: DropSink | None = None) -> None:
         self.store = store
         self.close_timeout = close_timeout
-        self._state = state = _State(store, batch_size, flush_interval, max_buffer, retry_initial, retry_max)
+        self._state = state = _State(store, batch_size, flush_interval, max_buffer, retry_initial, retry_max,
+                                     on_dropped)
         # Bound once: process() is the hot path.
         self._append = state.incoming.append
         self._incoming = state.incoming
@@ -339,4 +378,5 @@ class LedgerWriter:
             self._state.written += len(records)
         except Exception as exc:
             internal_error(f"ledger.write:{type(self.store).__name__}", exc)
-            self._state.count_dropped(len(records))
+            state = self._state
+            state.count_dropped(len(records), DROP_UNWRITABLE if state.unwritable() is not None else DROP_SHUTDOWN)

@@ -1,0 +1,45 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What makes a ``ledger:`` URL usable, checked without opening anything.
+
+Shared by the config model (so ``check-config`` and start-up report ``file:line: ledger: …``) and by
+:func:`~otel_llm_usage.ledger.open_ledger` (for URLs that never went through a config file)::
+
+    ledger_url_problem("sqlite://relative/x.db")   # "use an absolute path, sqlite:///abs/path.db"
+    ledger_url_problem("sqlite:///tmp/x.db")       # None
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["SCHEMES", "ledger_url_problem"]
+
+SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://")
+
+
+def ledger_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot work as a ledger, or ``None``. Does not touch the file or the network."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        return None
+    if scheme == "sqlite":
+        parts = urlsplit(url)
+        raw = unquote(parts.path)
+        if parts.netloc or (raw and not raw.startswith("/")):
+            return "use an absolute path, sqlite:///abs/path.db (sqlite://NAME/... reads NAME as a host)"
+        folder = os.path.dirname(raw) if raw else None
+        if folder and not os.path.isdir(folder):
+            return f"folder {folder} does not exist"
+        return None
+    if scheme in ("redis", "rediss"):
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+        except ValueError:
+            return "the port must be a number from 0 to 65535 (redis://HOST:PORT/DB)"
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            return f"the database must be a number (redis://HOST:PORT/DB), not {db!r}"
+        return None
+    return "must start with memory://, sqlite:///PATH or redis://HOST:PORT/DB"
