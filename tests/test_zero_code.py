@@ -60,6 +60,10 @@ def test_opentelemetry_instrument_serves_prometheus_metrics(llm_server, tmp_path
     assert unattributed == [1.0]
     token_types = {lbl["token_type"] for lbl, _ in samples["llm_usage_tokens_total"]}
     assert token_types == {"input", "output"}
+    # Exact tokens, the `for` stream included: the loopback server counts 3 prompt words and answers 5.
+    tokens = {(lbl["function"], lbl["token_type"]): v for lbl, v in samples["llm_usage_tokens_total"]}
+    assert tokens == {("zero-code-feature", "input"): 6.0, ("zero-code-feature", "output"): 10.0,
+                      ("unknown", "input"): 1.0, ("unknown", "output"): 5.0}
     assert "gen_ai_client_operation_duration_seconds_bucket" in samples
     assert "gen_ai_client_token_usage_bucket" in samples
     assert any(lbl.get("service_name") == "zero-code-test" for lbl, _ in samples.get("target_info", []))
