@@ -92,8 +92,6 @@ def setup_default_providers(env: Mapping[str, str] | None = None) -> None:
     resource = process_resource()
     _setup_metrics(env, resource)
     _setup_traces(env, resource)
-    if _installed:
-        install_sigterm_flush()
 
 
 def install_sigterm_flush() -> bool:

@@ -169,7 +169,7 @@ class Invocation:
         self.output_chunks = 0
         self.first_chunk_at: float | None = None
         # The provider took the request and began answering (a raised error after this still
-        # billed the input); adapters of error frames leave it unset.
+        # billed the input); an error frame undoes it (``mark_error(..., refused=True)``).
         self.accepted = False
         self.max_output_tokens = info.max_output_tokens
         self._output_text: Callable[[], str] | None = None
