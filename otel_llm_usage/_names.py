@@ -75,6 +75,7 @@ METRIC_LEDGER_DROPPED = "llm.usage.ledger.dropped_records"
 # llm_usage_store_up{store}): operations answered locally while the shared store failed, and its state.
 METRIC_STORE_DEGRADED_OPS = "llm.usage.store.degraded_operations"
 METRIC_STORE_UP = "llm.usage.store.up"
+METRIC_BUDGET_ADMISSIONS = "llm.usage.budget.admissions"
 
 # --- metric labels ------------------------------------------------------------
 ATTRIBUTION_LABELS = ("provider", "model", "function", "user", "session", "anchor")

@@ -74,6 +74,16 @@ class AttributionSettings(_Strict):
         return self
 
 
+class LeaseSettings(_Strict):
+    """Budget admission from local leases on a shared ledger (SQLite, Redis): see ``ledger/leases.py``."""
+
+    enabled: bool = True
+    share: float = Field(0.02, gt=0, le=1)  # of what remains of a budget, per lease
+    ttl: float = Field(5.0, gt=0)  # seconds between re-sizing a lease (or handing an unused one back)
+    low_water: float = Field(0.5, gt=0, lt=1)  # refill when the free part falls below this of the grant
+    flush_interval: float = Field(0.2, gt=0)  # seconds between writes of settled usage to the store
+
+
 class Config(_Strict):
     capture_content: bool = False
     capture_content_max_chars: int = Field(4096, ge=0)
@@ -82,6 +92,7 @@ class Config(_Strict):
     pricing: PricingSettings = PricingSettings()
     budgets: tuple[BudgetConfig, ...] = ()
     budget_check_interval: float = Field(60.0, gt=0)
+    budget_leases: LeaseSettings = LeaseSettings()
     ledger: str = "memory://"
     # Per-call records older than this are purged (at start-up and daily); budget counters expire on their own.
     retention_days: float = Field(90.0, gt=0)
@@ -117,6 +128,7 @@ _ENV_KEYS: dict[str, tuple[str, ...]] = {
     "LEDGER": ("ledger",),
     "RETENTION_DAYS": ("retention_days",),
     "BUDGET_CHECK_INTERVAL": ("budget_check_interval",),
+    "BUDGET_LEASES": ("budget_leases", "enabled"),
     "METRIC_LABELS": ("attribution", "metric_labels"),
     "MAX_LABEL_VALUES": ("attribution", "max_label_values"),
     "HASH_USERS": ("attribution", "hash_users"),

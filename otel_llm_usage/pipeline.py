@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from ._blocking import WouldBlock
 from ._fork import reset_after_fork
 from ._guard import internal_error
 from .errors import BudgetExceeded
@@ -213,12 +214,13 @@ class Pipeline:
         return cache[2]
 
     def before_call(self, intent: CallIntent) -> str | None:
-        """Pre-call checks; ``BudgetExceeded`` propagates on purpose, anything else is ours."""
+        """Pre-call checks; ``BudgetExceeded`` propagates on purpose, and ``WouldBlock`` (the checks need
+        the store where waiting is not allowed: run them again on a thread); anything else is ours."""
         new_model: str | None = None
         for stage in self._pre_call_stages():
             try:
                 new_model = stage.before_call(intent) or new_model
-            except BudgetExceeded:
+            except (BudgetExceeded, WouldBlock):
                 raise
             except Exception as exc:
                 internal_error(f"stage:{type(stage).__name__}.before_call", exc)

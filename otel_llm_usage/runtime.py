@@ -37,12 +37,12 @@ from .config import Config, load_config
 from .instrumentation.lifecycle import CallHandler
 from .ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger, purge_older_than
 from .ledger.counters_memory import MemoryCounterStore
-from .ledger.sqlite import SqliteCounterStore
+from .ledger.leases import LeasedCounterStore
 from .ledger.writer import LedgerWriter
 from .pipeline import Pipeline
 from .pricing import PriceEntry, PricingStage
 from .reports import CostConverter, breakdown
-from .telemetry import Telemetry
+from .telemetry import Telemetry, register_lease_metrics
 from .usage import TokenUsage, UsageRecord
 
 __all__ = ["Runtime", "active_runtime", "build_runtime"]
@@ -116,7 +116,8 @@ class Runtime:
             self.store, self.counters = MemoryRecordStore(), MemoryCounterStore(clock)
             self.ledger: Any = self.store
         else:
-            self.store, self.counters = open_ledger(config.ledger, caller_wait=_CALLER_WAIT_S)
+            self.store, self.counters = open_ledger(config.ledger, caller_wait=_CALLER_WAIT_S,
+                                                    leases=config.budget_leases)
             self.ledger = LedgerWriter(self.store, on_dropped=self.telemetry.dropped_records)
         self._retention_stop = threading.Event()
         if not config.ledger.startswith("memory://"):
@@ -134,6 +135,8 @@ class Runtime:
             max_instances=config.attribution.max_label_values,
         )
         self.budgets.register_gauges(self.telemetry.meter)
+        if isinstance(self.counters, LeasedCounterStore):
+            register_lease_metrics(self.telemetry.meter, self.counters.backend, self.counters.stats.admissions)
         self._register_hourly_cost()
         self._watch_catalog_ages(clock)
         self.budgets.start(config.budget_check_interval)
@@ -143,18 +146,12 @@ class Runtime:
         # drains it first. A call whose span records is priced on the calling thread before the span
         # ends (CallHandler.price_now), so the span carries its cost; one sampled out is not priced
         # there at all, and the worker's pricing step skips records already priced.
-        # SQLite settles on the calling thread: its counters sit behind one process-wide lock, and
-        # a worker settling there would make the next call's reservation queue behind it (measured:
-        # slower than settling inline). Settlement needs the cost, so pricing comes along. The
-        # calling thread waits at most _CALLER_WAIT_S for the file (another process may hold it
-        # for seconds); past that the counters fail open and reconcile later.
-        settle_inline = isinstance(getattr(self.counters, "primary", self.counters), SqliteCounterStore)
-        priced_and_settled: list[Any] = [self.pricer, self.budgets]
-        inline: list[Any] = priced_and_settled if settle_inline else []
-        deferred: list[Any] = [TelemetryStage(self.telemetry), self.ledger]
-        if not settle_inline:
-            deferred[:0] = priced_and_settled
-        self.pipeline = Pipeline(inline, deferred=deferred, clock=clock)
+        # Every store settles there too: admission from a lease is local, so a settlement on the
+        # worker no longer makes the next call's reservation queue behind it. Without leases, a
+        # calling thread that has to reach the SQLite file waits at most _CALLER_WAIT_S for it
+        # (another process may hold it for seconds); past that the counters fail open.
+        deferred: list[Any] = [self.pricer, self.budgets, TelemetryStage(self.telemetry), self.ledger]
+        self.pipeline = Pipeline([], deferred=deferred, clock=clock)
         self.telemetry.before_collect = self.pipeline.drain
         self.budgets.settle_pending = self.pipeline.drain
         tracer = get_tracer("otel_llm_usage", __version__, tracer_provider,

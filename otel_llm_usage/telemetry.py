@@ -98,6 +98,18 @@ def register_store_metrics(meter: Meter, store: object) -> None:
         description="1 while the shared budget counter store answers, 0 while budgets run on local counts.")
 
 
+def register_lease_metrics(meter: Meter, backend: str, stats: Callable[[], dict[str, int]]) -> None:
+    """``llm_usage_budget_admissions_total{store,path}``: how budget checks on a leased store were
+    answered: ``local`` (from the lease), ``store`` (the calling thread waited for the store),
+    ``thread`` (an event loop handed the wait to a worker thread), ``refused_locally``."""
+
+    def observe(options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"store": backend, "path": path}) for path, n in stats().items()]
+
+    meter.create_observable_counter(N.METRIC_BUDGET_ADMISSIONS, [observe],
+                                    description="Budget admission checks on a leased store, by how they were answered.")
+
+
 class LabelPolicy:
     """Turns raw attribution values into bounded, sanitized metric label values."""
 

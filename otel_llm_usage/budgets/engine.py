@@ -34,6 +34,7 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as N
+from .._blocking import WouldBlock
 from .._guard import internal_error
 from ..errors import BudgetExceeded
 from ..ledger.base import Amount, CounterStore, Limit, from_nanos, to_nanos
@@ -142,6 +143,7 @@ class BudgetEngine:
         self._lock = threading.Lock()
         self._gauge_cache: list[dict[str, Any]] = []
         self._logged: set[tuple[str, str, str, str]] = set()
+        self._marked: set[str] = set()  # warn-once marks this process has asked the store about
         self._unconvertible: set[str] = set()
         self._windows: dict[tuple[str, str], Window] = {}
         self._limits: dict[str, Limit] = {}
@@ -193,7 +195,9 @@ class BudgetEngine:
         cache_key = (budget.name, scope, window.id, window.current_bucket)
         keys = self._key_cache.get(cache_key)
         if keys is None:  # built once per budget instance and window, not on every call
-            base = f"{budget.name}|{scope}"
+            # The hash tag ({...}) puts every key of one budget instance in one Redis Cluster slot, so
+            # each counter script (several keys) runs on one node; other stores ignore the braces.
+            base = f"{{{budget.name}|{scope}}}"
             # In-flight reservations of a calendar window live and expire with that window (its TTL
             # ends at the window's end, however often it is refreshed), so one that was never
             # released (a lost reply, a killed process) stops holding headroom when the window
@@ -258,9 +262,16 @@ class BudgetEngine:
         if _bypass.get() or not self.budgets:
             return None
         record = intent.record
+        now = self._clock()
+        try:
+            return self._admit(intent, record, now)
+        except WouldBlock:
+            self._release(record)  # the caller runs the whole check again where it may wait
+            raise
+
+    def _admit(self, intent: CallIntent, record: UsageRecord, now: float) -> str | None:
         reservation: Amount | None = None
         new_model: str | None = None
-        now = self._clock()
         for adm in self._plan(record, now).gating:
             budget = adm.budget
             if reservation is None or (budget.limit.cost is not None and not reservation.cost_nanos):
@@ -341,17 +352,13 @@ class BudgetEngine:
                 self._settle(self._admission(budget, held.scope, self._window(budget, now)), held, actual)
 
     def _settle(self, adm: _Admission, held: _Reservation | None, actual: Amount) -> None:
-        """Count ``actual`` (releasing ``held``, the call's reservation) and fire the thresholds it crosses."""
-        fused = getattr(self.store, "settle_and_read", None)
-        if held is not None and fused is not None:
-            # One round trip (Redis) or transaction (SQLite) for the settlement and the new total.
-            used, _ = fused(adm.bucket, held.inflight_key, held.amount, actual, adm.window.ttl_s, adm.used_keys)
-        else:
-            if held is not None:
-                self.store.settle(adm.bucket, held.inflight_key, held.amount, actual, adm.window.ttl_s)
-            else:
-                self.store.add(adm.bucket, actual, adm.window.ttl_s)
-            used, _ = self.store.read(adm.used_keys, adm.inflight_key)
+        """Count ``actual`` (releasing ``held``, the call's reservation) and fire the thresholds it crosses.
+
+        One round trip (Redis) or transaction (SQLite) for the settlement and the new total; none
+        at all with leases, which count here and write in the background."""
+        inflight_key, reserved = (held.inflight_key, held.amount) if held is not None else (adm.inflight_key, _NONE)
+        used, _ = self.store.settle_and_read(adm.bucket, inflight_key, reserved, actual, adm.window.ttl_s,
+                                             adm.used_keys)
         self._thresholds(adm.budget, adm.scope, adm.window, used)
 
     def _actual(self, record: UsageRecord) -> Amount:
@@ -382,6 +389,11 @@ class BudgetEngine:
             levels.append((1.0, "exceeded"))
         for threshold, level in levels:
             mark = f"{budget.name}|{scope}|{window.id}|{level}|{threshold}"
+            if mark in self._marked:
+                continue  # asked the store once already: every later call past the threshold is not news
+            if len(self._marked) >= 10_000:
+                self._marked.clear()
+            self._marked.add(mark)
             if self.store.mark_once(mark, window.ttl_s):
                 self._event(budget, scope, window, used, level=level, threshold=threshold)
 
@@ -515,4 +527,5 @@ class BudgetEngine:
         Path(path).write_text(json.dumps(report, default=str, indent=2), encoding="utf-8")
 
 
+_NONE = Amount()
 _REFUSAL = {"block": "blocked", "downgrade": "downgraded", "exit": "exit"}

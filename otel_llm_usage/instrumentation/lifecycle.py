@@ -13,11 +13,16 @@ the single, opt-in exception).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import dataclasses
+import functools
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,6 +33,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from .. import _names as N
+from .._blocking import WouldBlock, no_waiting
 from .._guard import internal_error
 from ..attribution import Attribution, current_attribution
 from ..errors import BudgetExceeded
@@ -515,7 +521,17 @@ class CallHandler:
 
     async def call_async(self, route: Router, wrapped: Callable[..., Any], instance: Any,
                          args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        inv = self.begin(route, instance, args, kwargs)
+        try:
+            with no_waiting():  # this is the event loop: budgets admit from their lease or say so
+                inv = self.begin(route, instance, args, kwargs)
+        except WouldBlock:
+            # The lease cannot cover the call: wait for the store on one of our threads, not on the
+            # loop (the context, attribution included, goes with it). Ours rather than the loop's
+            # default executor: the host may keep that one busy, and our threads may wait for the
+            # SQLite file as long as the ledger writer does (the coroutine awaits; the loop runs on).
+            ctx = contextvars.copy_context()
+            inv = await asyncio.get_running_loop().run_in_executor(
+                _admission_pool(), functools.partial(ctx.run, self.begin, route, instance, args, kwargs))
         if inv is None:
             return await wrapped(*args, **kwargs)
         tokens = _enter_call(inv)
@@ -527,6 +543,29 @@ class CallHandler:
         finally:
             _exit_call(tokens)
         return self.finish_result(inv, result)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _admission_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="otel-llm-usage-admission")
+    return _pool
+
+
+def _forget_pool_in_child() -> None:
+    """The pool's threads did not survive the fork: the child makes its own on first use."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _enter_call(inv: Invocation) -> tuple[Token[Invocation | None], Token[Context]]:

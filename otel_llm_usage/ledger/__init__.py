@@ -19,22 +19,28 @@ budgets to local counting instead of failing calls.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from .base import NANOS, Amount, CounterStore, Limit, RecordQuery, RecordStore, from_nanos, to_nanos
 from .counters_memory import MemoryCounterStore
+from .leases import LeasedCounterStore
 from .memory import MemoryRecordStore
 from .resilient import FailOpenCounterStore
 from .sqlite import SqliteCounterStore, SqliteDatabase, SqliteRecordStore, default_sqlite_path
 from .urls import ledger_url_problem
 from .writer import LedgerWriter
 
+if TYPE_CHECKING:
+    from ..config import LeaseSettings
+
 __all__ = [
     "NANOS",
     "Amount",
     "CounterStore",
     "FailOpenCounterStore",
+    "LeasedCounterStore",
     "LedgerWriter",
     "Limit",
     "MemoryCounterStore",
@@ -54,8 +60,8 @@ __all__ = [
 _DAY_S = 86_400.0
 
 
-def open_ledger(url: str, *, probe_interval: float = 5.0,
-                caller_wait: float | None = None) -> tuple[RecordStore, CounterStore]:
+def open_ledger(url: str, *, probe_interval: float = 5.0, caller_wait: float | None = None,
+                leases: LeaseSettings | None = None) -> tuple[RecordStore, CounterStore]:
     """The record store and counter store a ``ledger:`` URL names. The caller closes both.
 
     Raises :class:`~otel_llm_usage.errors.ConfigError` for an unknown scheme, a relative SQLite
@@ -63,6 +69,7 @@ def open_ledger(url: str, *, probe_interval: float = 5.0,
     or a missing ``redis`` client. An unreachable Redis or a locked SQLite file does not raise here:
     operations degrade later. ``caller_wait`` bounds how long a SQLite operation from a thread that
     is not one of ours (the host's) waits for a lock; ``None`` waits the full busy timeout (the CLI).
+    With ``leases`` enabled, shared counters admit from local leases (:class:`LeasedCounterStore`).
     """
     problem = ledger_url_problem(url)
     if problem is not None:
@@ -72,12 +79,17 @@ def open_ledger(url: str, *, probe_interval: float = 5.0,
         return MemoryRecordStore(), MemoryCounterStore()
     if scheme == "sqlite":
         db = SqliteDatabase(unquote(urlsplit(url).path) or default_sqlite_path(), caller_wait=caller_wait)
-        counters: CounterStore = SqliteCounterStore(db)
-        return SqliteRecordStore(db), FailOpenCounterStore(counters, probe_interval=probe_interval)
-    from .redis import RedisCounterStore, RedisRecordStore
+        records: RecordStore = SqliteRecordStore(db)
+        shared: CounterStore = SqliteCounterStore(db)
+    else:
+        from .redis import RedisCounterStore, RedisRecordStore
 
-    counters = RedisCounterStore(url)
-    return RedisRecordStore(url), FailOpenCounterStore(counters, probe_interval=probe_interval)
+        records, shared = RedisRecordStore(url), RedisCounterStore(url)
+    counters = FailOpenCounterStore(shared, probe_interval=probe_interval)
+    if leases is None or not leases.enabled:
+        return records, counters
+    return records, LeasedCounterStore(counters, share=leases.share, ttl_s=leases.ttl, low_water=leases.low_water,
+                                       flush_interval=leases.flush_interval)
 
 
 def purge_older_than(store: RecordStore, days: float, *, now: float | None = None) -> int:

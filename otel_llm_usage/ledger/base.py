@@ -85,9 +85,21 @@ class CounterStore(Protocol):
         add ``reservation`` to in-flight. Returns (admitted, used, inflight) as seen by the check."""
         ...
 
+    def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
+              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+        """Take back ``release`` from in-flight, then grant a lease of ``share`` of what remains (never
+        less than ``need``) and hold it in flight, or nothing once the limit is reached. Returns
+        (granted, used, inflight before the grant): see :func:`~otel_llm_usage.ledger._counting.lease`."""
+        ...
+
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None) -> None:
         """Release a reservation and add the actual usage to the current bucket."""
+        ...
+
+    def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+        """``settle``, then ``read`` of ``used_keys``: one atomic step where the store can fuse them."""
         ...
 
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:

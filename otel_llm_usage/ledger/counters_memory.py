@@ -52,6 +52,11 @@ class MemoryCounterStore:
         with self._lock:
             return _counting.reserve(self._view, used_keys, inflight_key, reservation, limit, ttl_s)
 
+    def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
+              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+        with self._lock:
+            return _counting.lease(self._view, used_keys, inflight_key, need, release, share, limit, ttl_s)
+
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None) -> None:
         with self._lock:

@@ -136,6 +136,46 @@ if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return 1
 """
 
+# _counting.lease in one round trip. KEYS = used keys..., inflight key (last). ARGV = need cost, tokens;
+# release cost, tokens; share; limit cost, tokens ("" = no limit); ttl ("" = keep). Returns
+# {granted cost, granted tokens, raw used/inflight values (inflight after the release)} as strings.
+_LEASE = _SATURATING + """
+local n = #KEYS
+local raw = {}
+local c, t = 0, 0
+for i = 1, n - 1 do
+  local v = redis.call('HMGET', KEYS[i], 'c', 't')
+  raw[2 * i - 1] = v[1] or '0'
+  raw[2 * i] = v[2] or '0'
+  c = c + (tonumber(v[1]) or 0)
+  t = t + (tonumber(v[2]) or 0)
+end
+local f = redis.call('HMGET', KEYS[n], 'c', 't')
+local fc = (tonumber(f[1]) or 0) - tonumber(ARGV[3])
+local ft = (tonumber(f[2]) or 0) - tonumber(ARGV[4])
+if fc < 0 then fc = 0 end
+if ft < 0 then ft = 0 end
+local released = ARGV[3] ~= '0' or ARGV[4] ~= '0'
+raw[2 * n - 1] = released and string.format('%.0f', fc) or (f[1] or '0')
+raw[2 * n] = released and string.format('%.0f', ft) or (f[2] or '0')
+local share = tonumber(ARGV[5])
+local gc, gt = 0, 0
+local exhausted = (ARGV[6] ~= '' and c + fc >= tonumber(ARGV[6])) or (ARGV[7] ~= '' and t + ft >= tonumber(ARGV[7]))
+local nothing = share == 0 and ARGV[1] == '0' and ARGV[2] == '0'
+if not exhausted and not nothing then
+  if ARGV[6] ~= '' then gc = math.max(tonumber(ARGV[1]), math.floor((tonumber(ARGV[6]) - c - fc) * share), 1) end
+  if ARGV[7] ~= '' then gt = math.max(tonumber(ARGV[2]), math.floor((tonumber(ARGV[7]) - t - ft) * share), 1) end
+end
+if released then
+  set_field(KEYS[n], 'c', fc)
+  set_field(KEYS[n], 't', ft)
+end
+if gc > 0 then incr(KEYS[n], 'c', string.format('%.0f', gc)) end
+if gt > 0 then incr(KEYS[n], 't', string.format('%.0f', gt)) end
+if (released or gc > 0 or gt > 0) and ARGV[8] ~= '' then redis.call('EXPIRE', KEYS[n], ARGV[8]) end
+return {string.format('%.0f', gc), string.format('%.0f', gt), raw}
+"""
+
 # KEYS = used keys..., inflight key (last). Returns the raw values, read atomically.
 _READ = """
 local raw = {}
@@ -212,6 +252,7 @@ class RedisCounterStore:
         self._add = client.register_script(_ADD)
         self._read = client.register_script(_READ)
         self._settle_read = client.register_script(_SETTLE_READ)
+        self._lease = client.register_script(_LEASE)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}c:{key}"
@@ -223,6 +264,14 @@ class RedisCounterStore:
                                                  _limit(limit.tokens), _ttl(ttl_s)])
         amounts = _amounts(raw)
         return bool(admitted), sum(amounts[:-1], Amount()), amounts[-1]
+
+    def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
+              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+        keys = [self._key(k) for k in (*used_keys, inflight_key)]
+        granted_c, granted_t, raw = self._lease(keys, [*_args(need, release), repr(float(share)),
+                                                       _limit(limit.cost_nanos), _limit(limit.tokens), _ttl(ttl_s)])
+        amounts = _amounts(raw)
+        return Amount(int(granted_c), int(granted_t)), sum(amounts[:-1], Amount()), amounts[-1]
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None) -> None:

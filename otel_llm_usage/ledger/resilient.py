@@ -140,6 +140,29 @@ class FailOpenCounterStore:
                 self._local_reserved[inflight_key] = held + reservation
         return admitted, used + base_used, inflight + base_inflight
 
+    def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
+              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+        where = (tuple(used_keys), inflight_key)
+        answer = self._attempt("lease", lambda: self.primary.lease(
+            used_keys, inflight_key, need, release, share, limit, ttl_s))
+        if not isinstance(answer, _Unavailable):
+            granted, used, inflight = answer
+            self._remember(where, used, inflight + granted)
+            return answer
+        local_release = Amount()
+        if release != Amount():
+            if self._take_local(inflight_key, release):
+                local_release = release
+            else:  # held on the primary: give it back there once it is reachable
+                self._defer(inflight_key, inflight_key, release, Amount(), ttl_s)
+        base_used, base_inflight = self._recall(where)
+        granted, used, inflight = self.fallback.lease(used_keys, inflight_key, need, local_release, share,
+                                                      _reduced(limit, base_used + base_inflight), ttl_s)
+        if granted != Amount():
+            with self._lock:
+                self._local_reserved[inflight_key] = self._local_reserved.get(inflight_key, Amount()) + granted
+        return granted, used + base_used, inflight + base_inflight
+
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None) -> None:
         if self._take_local(inflight_key, reserved):
@@ -155,19 +178,18 @@ class FailOpenCounterStore:
 
     def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                         ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
-        """One primary round trip when the primary can fuse them; otherwise ``settle`` + ``read``."""
-        fused = getattr(self.primary, "settle_and_read", None)
-        if fused is None or inflight_key in self._local_reserved:
+        """One primary round trip unless the reservation was the fallback's (then ``settle`` + ``read``)."""
+        if inflight_key in self._local_reserved:
             self.settle(bucket_key, inflight_key, reserved, actual, ttl_s)
             return self.read(used_keys, inflight_key)
-        answer = self._attempt("settle", lambda: fused(bucket_key, inflight_key, reserved, actual, ttl_s,
-                                                       used_keys))
+        answer = self._attempt("settle", lambda: self.primary.settle_and_read(
+            bucket_key, inflight_key, reserved, actual, ttl_s, used_keys))
         if isinstance(answer, _Unavailable):
             self.fallback.add(bucket_key, actual, ttl_s)
             self._defer(bucket_key, inflight_key, reserved, actual, ttl_s)
             return self.read(used_keys, inflight_key)
         self._remember((tuple(used_keys), inflight_key), *answer)
-        return answer  # type: ignore[no-any-return]
+        return answer
 
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
         answer = self._attempt("add", lambda: self.primary.add(bucket_key, actual, ttl_s))

@@ -24,6 +24,7 @@ import openai
 from otel_llm_usage import BudgetExceeded
 from otel_llm_usage._guard import internal_error_counts
 from otel_llm_usage.instrumentor import LLMUsageInstrumentor
+from otel_llm_usage.ledger import LeasedCounterStore
 
 MESSAGES = [{"role": "user", "content": "one two three four"}]  # 9 tokens a call with max_tokens=5
 
@@ -71,7 +72,8 @@ def state() -> dict[str, object]:
     assert runtime is not None
     writer = runtime.ledger
     counters = runtime.counters
-    primary = getattr(counters, "primary", counters)
+    assert isinstance(counters, LeasedCounterStore)  # shared ledgers admit from leases
+    primary = counters.store.primary
     redis = getattr(primary, "_redis", None)
     thread = writer._state.thread
     return {
@@ -79,7 +81,8 @@ def state() -> dict[str, object]:
         "writer_thread_id": None if thread is None else thread.ident,
         "budget_thread_alive": bool(runtime.budgets._thread is not None and runtime.budgets._thread.is_alive()),
         "redis_pool_pid": None if redis is None else redis.connection_pool.pid,
-        "degraded_ops": getattr(counters, "degraded_ops", 0),
+        "degraded_ops": counters.store.degraded_ops,
+        "lease_waits": counters.stats.waits,
     }
 
 

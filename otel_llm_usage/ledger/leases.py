@@ -1,0 +1,409 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Budget admission from local leases on a shared counter store (SQLite, Redis, Redis Cluster).
+
+::
+
+    counters = LeasedCounterStore(FailOpenCounterStore(RedisCounterStore(url)))
+    counters.try_reserve(...)   # almost always answered here, from this process's lease
+    counters.settle(...)        # counted here; written to the store by a background thread
+
+A *lease* is a slice of one budget instance's remaining allowance, taken from the store
+in one atomic step (:meth:`~otel_llm_usage.ledger.base.CounterStore.lease`) and held
+there as in-flight, so other processes see it as spoken for. Calls are admitted against
+it locally, with a lock and no I/O: a call fits when the lease's free part (granted −
+in flight here − settled here but not yet written) covers its reservation.
+
+Background work, on one thread (``otel-llm-usage-leases``), every ``flush_interval``:
+
+* settled usage is written to the store (``settle_and_read``: the written usage leaves
+  the lease, so the free part is unchanged) and the store's totals are read back for
+  the warn/exceeded thresholds;
+* a lease whose free part fell below ``low_water`` of its last grant is refilled ahead
+  of need (``lease`` with nothing required);
+* every ``ttl_s`` a lease in use is re-sized (its free part handed back and a fresh
+  share taken in the same step); one unused for a whole ``ttl_s`` gives its free part
+  back. Calendar windows key their in-flight by window, so the lease of a window that
+  ended goes idle and is returned the same way.
+
+Only a call that its lease cannot cover waits for the store: it hands back the free
+part and asks for at least its own reservation in one step. Where waiting is not
+allowed (an event loop, see :mod:`otel_llm_usage._blocking`) that raises
+:class:`~otel_llm_usage._blocking.WouldBlock` and the caller retries on a thread.
+
+Sizing: each grant is ``share`` of what remains (``limit − used − in flight``, so it
+shrinks as the budget nears its limit) and never less than the reservation waiting
+for it. The overshoot bound is the one of per-call reservations, across the fleet: a
+grant is only made below the limit and passes it by less than one reservation, and a
+process only admits within its grants. What leases add is *under*-admission: a call
+may be refused while other processes hold unused leases, by at most the sum of their
+free parts (each at most ``share`` of what remained when it was granted).
+
+At exit (and on ``flush``) settled usage is written and every free part is handed back,
+so the store's in-flight returns to what calls really hold.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .._blocking import WouldBlock, may_wait
+from .._fork import reset_after_fork
+from .._guard import internal_error
+from .base import Amount, Limit, saturated
+from .resilient import FailOpenCounterStore
+
+__all__ = ["LeaseStats", "LeasedCounterStore"]
+
+_ZERO = Amount()
+
+
+def _floor0(a: Amount) -> Amount:
+    return Amount(max(0, a.cost_nanos), max(0, a.tokens))
+
+
+def _on_limited(limit: Limit, a: Amount) -> Amount:
+    """``a`` on the axes ``limit`` limits; leases hold nothing on the others."""
+    return Amount(0 if limit.cost_nanos is None else a.cost_nanos, 0 if limit.tokens is None else a.tokens)
+
+
+def _min(a: Amount, b: Amount) -> Amount:
+    return Amount(min(a.cost_nanos, b.cost_nanos), min(a.tokens, b.tokens))
+
+
+@dataclass(slots=True)
+class _Lease:
+    """This process's share of one budget instance (one in-flight key)."""
+
+    used_keys: tuple[str, ...]
+    limit: Limit
+    ttl_s: int | None
+    granted: Amount = _ZERO  # held on the store's in-flight key for this process
+    inflight: Amount = _ZERO  # reservations of calls admitted here and not settled yet
+    unflushed: dict[str, Amount] = field(default_factory=dict)  # bucket -> settled, not written yet
+    unflushed_total: Amount = _ZERO
+    seen_used: Amount = _ZERO  # the store's used at the last contact
+    others: Amount = _ZERO  # the store's in-flight that is not this lease, at the last contact
+    last_grant: Amount = _ZERO
+    renew_at: float = 0.0
+    busy: bool = False  # admitted a call since the last renewal
+    refused_until: float = 0.0  # the store said "at the limit" this recently: refuse without asking again
+    refill: bool = False  # below the low-water mark: the background thread tops it up
+
+    def free(self) -> Amount:
+        return _on_limited(self.limit, self.granted - self.inflight - self.unflushed_total)
+
+    def fits(self, reservation: Amount) -> bool:
+        """The free part covers ``reservation`` and is not empty on a limited axis: a call reserving
+        nothing (an unpriced model on a cost budget) is admitted only while the lease holds some
+        allowance, as the store admits it only below the limit."""
+        free, need, limit = self.free(), _on_limited(self.limit, reservation), self.limit
+        return ((limit.cost_nanos is None or free.cost_nanos >= max(need.cost_nanos, 1))
+                and (limit.tokens is None or free.tokens >= max(need.tokens, 1)))
+
+    def low(self, fraction: float) -> bool:
+        free, grant = self.free(), self.last_grant
+        return free.cost_nanos < grant.cost_nanos * fraction or free.tokens < grant.tokens * fraction
+
+    def idle(self) -> bool:
+        return self.granted == _ZERO and self.inflight == _ZERO and not self.unflushed
+
+
+@dataclass(slots=True)
+class LeaseStats:
+    """How admission went: ``waits`` is the number of calls that waited for the store."""
+
+    local: int = 0
+    waits: int = 0
+    refused_locally: int = 0
+    would_block: int = 0
+    refills: int = 0
+    returns: int = 0
+    flushes: int = 0
+
+    def admissions(self) -> dict[str, int]:
+        """Budget checks by how they were answered (the ``path`` label of the admissions metric)."""
+        return {"local": self.local, "store": self.waits, "thread": self.would_block,
+                "refused_locally": self.refused_locally}
+
+
+class LeasedCounterStore:
+    """A :class:`~otel_llm_usage.ledger.base.CounterStore` admitting from local leases on ``store``.
+
+    ``store`` is fail-open, so nothing here raises on a store fault: during an outage a lease
+    keeps admitting until it is spent, then refills come from the fail-open fallback, and what
+    was written meanwhile is replayed by it. Its health is this store's health.
+    """
+
+    def __init__(self, store: FailOpenCounterStore, *, share: float = 0.02, ttl_s: float = 5.0, low_water: float = 0.5,
+                 flush_interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < share <= 1 or not 0 < low_water < 1:
+            raise ValueError("share must be in (0, 1] and low_water in (0, 1)")
+        self.store = store
+        self.share = share
+        self.ttl_s = ttl_s
+        self.low_water = low_water
+        self.flush_interval = flush_interval
+        self.stats = LeaseStats()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._leases: dict[str, _Lease] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        reset_after_fork(self)
+        # Finalizers run newest first at exit: this one after the pipeline's (settled usage reaches
+        # the leases first) and before the fail-open store's (which replays what this writes).
+        self._at_exit = weakref.finalize(self, _flush_at_exit, weakref.ref(self))
+
+    @property
+    def backend(self) -> str:
+        return self.store.backend
+
+    @property
+    def degraded(self) -> bool:
+        return self.store.degraded
+
+    @property
+    def degraded_by_op(self) -> dict[str, int]:
+        return self.store.degraded_by_op
+
+    # --- admission ------------------------------------------------------------------------------
+
+    def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
+                    ttl_s: int | None) -> tuple[bool, Amount, Amount]:
+        with self._lock:
+            lease = self._lease(inflight_key, used_keys, limit, ttl_s)
+            if lease.fits(reservation):
+                lease.inflight += reservation
+                lease.busy = True
+                self.stats.local += 1
+                if not lease.refill and lease.low(self.low_water):
+                    lease.refill = True
+                    self._wake.set()
+                return True, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
+            if lease.refused_until > self._clock() and lease.free() == _ZERO:
+                self.stats.refused_locally += 1
+                return False, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
+            if not may_wait():
+                self.stats.would_block += 1
+                raise WouldBlock(inflight_key)
+            self.stats.waits += 1
+            release = _floor0(lease.free())  # handed back in the same step: our leftovers never count
+            lease.granted -= release
+        granted, used, inflight = self.store.lease(list(used_keys), inflight_key, _on_limited(limit, reservation),
+                                                   release, self.share, limit, ttl_s)
+        self._ensure_thread()
+        with self._lock:
+            lease = self._lease(inflight_key, used_keys, limit, ttl_s)
+            self._seen(lease, used, inflight, granted)
+            if limit.exhausted_by(used + inflight):
+                # A budget at its limit stays refused here until the next background write brings
+                # fresh totals or a call settled here frees part of the lease (its free part went
+                # back with this request): a blocked caller in a loop does not cost a round trip a call.
+                lease.refused_until = self._clock() + self.flush_interval
+            elif lease.fits(reservation):
+                lease.inflight += reservation
+                lease.busy = True
+                return True, used, inflight
+            return False, used, inflight
+
+    def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
+              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+        """Passed to the store: leases of leases would only add a layer of slack."""
+        return self.store.lease(used_keys, inflight_key, need, release, share, limit, ttl_s)
+
+    def _lease(self, inflight_key: str, used_keys: Sequence[str], limit: Limit, ttl_s: int | None) -> _Lease:
+        """The lease of ``inflight_key``, created empty; the caller holds ``_lock``."""
+        lease = self._leases.get(inflight_key)
+        if lease is None:
+            lease = self._leases[inflight_key] = _Lease(tuple(used_keys), limit, ttl_s,
+                                                        renew_at=self._clock() + self.ttl_s)
+        else:
+            if len(used_keys) != len(lease.used_keys) or used_keys[-1] != lease.used_keys[-1]:
+                lease.used_keys = tuple(used_keys)  # a rolling window moved on to a new bucket
+            lease.limit, lease.ttl_s = limit, ttl_s
+        return lease
+
+    def _seen(self, lease: _Lease, used: Amount, inflight: Amount, granted: Amount) -> None:
+        """Take in a store answer: ``inflight`` is the store's before ``granted`` was added."""
+        lease.others = _floor0(inflight - (lease.granted))
+        lease.granted += granted
+        lease.seen_used = used
+        if granted != _ZERO:
+            lease.last_grant = granted
+            self.stats.refills += 1
+
+    # --- settlement -----------------------------------------------------------------------------
+
+    def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+               ttl_s: int | None) -> None:
+        self.settle_and_read(bucket_key, inflight_key, reserved, actual, ttl_s, (bucket_key,))
+
+    def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+        """Counted here, written by the background thread: the totals returned are the store's at the
+        last contact plus what this process has not written yet."""
+        with self._lock:
+            lease = self._leases.get(inflight_key)
+            if lease is None:  # a budget that never reserves here (alert-only), or after a fork
+                lease = self._leases[inflight_key] = _Lease(tuple(used_keys), Limit(), ttl_s,
+                                                            renew_at=self._clock() + self.ttl_s)
+            lease.inflight = _floor0(lease.inflight - reserved)
+            lease.unflushed[bucket_key] = lease.unflushed.get(bucket_key, _ZERO) + actual
+            lease.unflushed_total += actual
+            lease.ttl_s = ttl_s
+            used, inflight = lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
+        self._ensure_thread()
+        return saturated(used), saturated(inflight)
+
+    def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
+        self.store.add(bucket_key, actual, ttl_s)
+
+    def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
+        """The store's totals, with this process's share of them made exact: usage not written yet
+        counts as used, and of its lease only what calls hold counts as in flight."""
+        used, inflight = self.store.read(used_keys, inflight_key)
+        with self._lock:
+            lease = self._leases.get(inflight_key)
+            if lease is None:
+                return used, inflight
+            mine = lease.unflushed_total, _floor0(inflight - lease.granted) + lease.inflight
+        return saturated(used + mine[0]), saturated(mine[1])
+
+    def mark_once(self, key: str, ttl_s: int | None) -> bool:
+        return self.store.mark_once(key, ttl_s)
+
+    # --- background -----------------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None and not self._closed:
+            with self._lock:
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(target=self._run, name="otel-llm-usage-leases", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        stop, wake = self._stop, self._wake
+        while not stop.is_set():
+            wake.wait(self.flush_interval)
+            wake.clear()
+            try:
+                self.maintain()
+            except Exception as exc:  # the store never raises; this guards our own bookkeeping
+                internal_error("ledger.leases", exc)
+
+    def maintain(self, *, final: bool = False) -> None:
+        """One round of background work (see the module docstring); ``final`` hands back every free part."""
+        now = self._clock()
+        with self._lock:
+            keys = list(self._leases)
+        for key in keys:
+            self._write(key)
+            self._resize(key, now, final)
+
+    def _write(self, key: str) -> None:
+        """Write the lease's settled usage; the written part leaves the lease (its free part is unchanged)."""
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None or not lease.unflushed:
+                return
+            batches, lease.unflushed = lease.unflushed, {}
+            used_keys, ttl_s = lease.used_keys, lease.ttl_s
+            out = []
+            for bucket, actual in batches.items():
+                release = _on_limited(lease.limit, _min(_floor0(actual), _floor0(lease.granted)))
+                lease.granted -= release
+                lease.unflushed_total -= actual
+                out.append((bucket, actual, release))
+        for bucket, actual, release in out:
+            used, inflight = self.store.settle_and_read(bucket, key, release, actual, ttl_s, used_keys)
+            with self._lock:
+                lease.seen_used = used
+                lease.others = _floor0(inflight - lease.granted)
+                if not lease.limit.exhausted_by(used + inflight):
+                    lease.refused_until = 0.0
+                self.stats.flushes += 1
+
+    def _resize(self, key: str, now: float, final: bool) -> None:
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None:
+                return
+            due = final or now >= lease.renew_at
+            if not (due or lease.refill):
+                return
+            keep = lease.busy and not final
+            release = _floor0(lease.free()) if due else _ZERO
+            if release == _ZERO and not keep and not lease.refill:
+                if due:
+                    lease.renew_at = now + self.ttl_s
+                    if lease.idle():
+                        del self._leases[key]
+                return
+            lease.granted -= release
+            lease.refill = False
+            if due:
+                lease.busy = False
+                lease.renew_at = now + self.ttl_s
+            args = (lease.used_keys, key, release, lease.limit, lease.ttl_s)
+            share = self.share if (keep or not due) else 0.0
+        used_keys, _, release, limit, ttl_s = args
+        if limit == Limit():  # nothing limited: only usage to write, nothing to lease
+            return
+        granted, used, inflight = self.store.lease(used_keys, key, _ZERO, release, share, limit, ttl_s)
+        with self._lock:
+            self._seen(lease, used, inflight, granted)
+            if release != _ZERO:
+                self.stats.returns += 1
+            if final and lease.idle():
+                self._leases.pop(key, None)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def flush(self, timeout_s: float = 2.0) -> bool:
+        """Write settled usage and hand back every free part now, then flush the store; never raises."""
+        try:
+            self.maintain(final=True)
+        except Exception as exc:
+            internal_error("ledger.leases.flush", exc)
+        return self.store.flush(timeout_s)
+
+    def after_fork_in_child(self) -> None:
+        """The leases are the parent's (it writes their usage and hands them back); the child starts empty.
+        Idempotent: the runtime's fork hook may call it after the registry's."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self._leases = {}
+        self.store.after_fork_in_child()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._at_exit.detach()
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+        self._closed = True
+        self.flush()
+        try:
+            self.store.close()
+        except Exception as exc:
+            internal_error("ledger.leases.close", exc)
+
+
+def _flush_at_exit(ref: weakref.ref[LeasedCounterStore]) -> None:
+    store = ref()
+    if store is not None:
+        try:
+            store.flush()
+        except Exception as exc:  # runs at interpreter exit: nothing may escape
+            internal_error("ledger.leases.flush_at_exit", exc)
