@@ -9,7 +9,8 @@ assignment rather than an import keeps linters from calling the parameters redef
 
     def test_x(redis_url: str) -> None: ...
 
-``redis_server`` can be stopped and started again on the same port to test outages.
+``redis_server`` can be stopped and started again on the same port to test outages;
+``redis_cluster_url`` is a three-master Redis Cluster, emptied for each test.
 Without a ``redis-server`` binary the test fails when ``CI=true`` and is skipped otherwise.
 """
 
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from otel_llm_usage.testing.redis_server import RedisServer
+from otel_llm_usage.testing.redis_server import RedisClusterServer, RedisServer
 
 from .conftest import require_binary
 
-__all__ = ["RedisServer", "redis_server", "redis_url"]
+__all__ = ["RedisClusterServer", "RedisServer", "redis_cluster", "redis_cluster_url", "redis_server", "redis_url"]
 
 
 @pytest.fixture
@@ -40,3 +41,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster (three masters, no replicas) on loopback, one per test module: starting one
+    takes about a second. Tests that need it empty call ``flush()``."""
+    cluster = RedisClusterServer(require_binary("redis-server"), require_binary("redis-cli"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServer) -> str:
+    redis_cluster.flush()
+    return redis_cluster.url

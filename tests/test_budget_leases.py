@@ -22,7 +22,11 @@ from otel_llm_usage.ledger import Amount, FailOpenCounterStore, LeasedCounterSto
 from otel_llm_usage.ledger.base import CounterStore
 from otel_llm_usage.testing.redis_server import RedisServer
 
+from . import redis_fixture
 from .conftest import require_binary
+
+redis_cluster = redis_fixture.redis_cluster
+redis_cluster_url = redis_fixture.redis_cluster_url
 
 LIMIT = Limit(tokens=10_000)
 USED, INFLIGHT = ["{b|all}|day"], "{b|all}|day|inflight"
@@ -46,7 +50,7 @@ class Shared:
         return LeasedCounterStore(FailOpenCounterStore(self.make(), probe_interval=0.2), **kw)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "cluster"])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shared]:
     if request.param == "sqlite":
         path = tmp_path / "c.db"
@@ -54,6 +58,10 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shared]:
         return
     from otel_llm_usage.ledger.redis import RedisCounterStore
 
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("redis_cluster_url")
+        yield Shared(lambda: RedisCounterStore(url))
+        return
     server = RedisServer(require_binary("redis-server"), tmp_path, persistence="aof")
     server.start()
     try:
@@ -412,3 +420,74 @@ def _budget_keys(path: Path) -> list[str]:
 
     with sqlite3.connect(path) as conn:
         return [k for (k,) in conn.execute("SELECT key FROM counters")]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_stores_lease_exactly_as_the_shared_arithmetic_says(shared: Shared, seed: int) -> None:
+    """The Lua and SQL versions of ``lease`` against ``_counting``'s (the memory store), op for op."""
+    import random
+
+    from otel_llm_usage.ledger import MemoryCounterStore
+
+    rng = random.Random(seed)
+    mem, store = MemoryCounterStore(), shared.make()
+    limits = [Limit(tokens=5_000), Limit(cost_nanos=7_000_000), Limit(cost_nanos=9_000, tokens=800), Limit()]
+    try:
+        for _ in range(300):
+            limit = rng.choice(limits)
+            a = Amount(rng.randrange(0, 2_000), rng.randrange(0, 300))
+            b = Amount(rng.randrange(0, 2_000), rng.randrange(0, 300))
+            op = rng.choice(["lease", "lease", "release", "settle", "reserve"])
+            results = []
+            share = rng.choice([0.0, 0.02, 0.5, 1.0])
+            for s in (mem, store):
+                if op == "lease":
+                    results.append(s.lease(USED, INFLIGHT, a, Amount(), share, limit, TTL))
+                elif op == "release":
+                    results.append(s.lease(USED, INFLIGHT, Amount(), a, share, limit, TTL))
+                elif op == "settle":
+                    results.append(s.settle_and_read(USED[0], INFLIGHT, a, b, TTL, USED))
+                else:
+                    results.append(s.try_reserve(USED, INFLIGHT, a, limit, TTL))
+            assert results[0] == results[1], (op, a, b, share, limit)
+        assert mem.read(USED, INFLIGHT) == store.read(USED, INFLIGHT)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("redis+cluster://10.0.0.1:7000,10.0.0.2:7000/0", None),
+    ("redis+cluster://u:p@10.0.0.1:7000", None),
+    ("redis+cluster://", "name at least one node"),
+    ("redis+cluster://10.0.0.1", "give HOST:PORT"),
+    ("redis+cluster://10.0.0.1:7000/3", "only database 0"),
+])
+def test_cluster_ledger_urls_are_checked_before_anything_connects(url: str, problem: str | None) -> None:
+    from otel_llm_usage.ledger.urls import ledger_url_problem
+
+    found = ledger_url_problem(url)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_a_cluster_prefix_with_a_brace_is_refused_and_keys_stay_in_their_instances_slot(
+        redis_cluster_url: str) -> None:
+    import redis as redis_lib
+
+    from otel_llm_usage.errors import ConfigError
+    from otel_llm_usage.ledger.redis import RedisCounterStore
+
+    with pytest.raises(ConfigError, match="cannot contain"):
+        RedisCounterStore(redis_cluster_url + "?prefix=app{x}:")
+    store = RedisCounterStore(redis_cluster_url)
+    try:
+        slots = {}
+        for budget in ("daily", "monthly", "per-user", "ci"):
+            keys = [f"{{{budget}|all}}|day", f"{{{budget}|all}}|day|inflight"]
+            assert store.try_reserve(keys[:1], keys[1], RES, LIMIT, TTL)[0]
+            slots[budget] = {redis_lib.cluster.key_slot(f"llm_usage:c:{k}".encode()) for k in keys}
+        assert all(len(s) == 1 for s in slots.values())  # one instance, one slot
+        assert len(set().union(*slots.values())) > 1  # several instances, several slots
+        with pytest.raises(redis_lib.exceptions.RedisClusterException, match="same key slot"):
+            store.read(["daily|all|day"], "monthly|all|day|inflight")  # untagged keys would not work
+    finally:
+        store.close()

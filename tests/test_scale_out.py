@@ -41,6 +41,8 @@ from .otlp_receiver import OtlpReceiver
 
 redis_server = redis_fixture.redis_server
 redis_url = redis_fixture.redis_url
+redis_cluster = redis_fixture.redis_cluster
+redis_cluster_url = redis_fixture.redis_cluster_url
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = Path(__file__).parent / "apps" / "scale_out_app.py"
@@ -428,7 +430,11 @@ LIMIT_TOKENS = 120 * CALL_TOKENS + 5  # about 30 calls per process; not a multip
 
 
 @pytest.mark.slow
-def test_four_processes_share_one_budget_within_the_documented_bound(server, receiver, procs, redis_url, tmp_path):
+@pytest.mark.parametrize("store", ["redis_url", "redis_cluster_url"])
+def test_four_processes_share_one_budget_within_the_documented_bound(server, receiver, procs, store, tmp_path,
+                                                                      request):
+    """On one redis-server and on a three-master Redis Cluster (issue 22), with leases."""
+    redis_url = request.getfixturevalue(store)
     config = write_config(tmp_path / "cfg.yaml", ledger=redis_url, budgets=[
         {"name": "fleet", "window": "day", "limit": {"tokens": LIMIT_TOKENS}, "action": "block"}])
     env = base_env(server, config, receiver)

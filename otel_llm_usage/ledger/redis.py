@@ -9,13 +9,23 @@ Needs the ``redis`` extra (``pip install 'otel-llm-usage[redis]'``)::
     records.append(batch)
     records.query(RecordQuery(since=time.time() - 86_400, user="alice"))
 
+A Redis Cluster is ``redis+cluster://HOST:PORT[,HOST:PORT...][?prefix=...]`` (any node will do;
+listing several lets a client start while one is down); the same classes then use redis-py's
+``RedisCluster``.
+
 Key layout (``P`` is the prefix, default ``llm_usage:``):
 
-* ``P c:<key>`` — a hash ``{c: cost nano-units, t: tokens}`` per counter key (window bucket or
-  in-flight reservations). ``HINCRBY`` keeps both exact 64-bit integers; the key's Redis TTL is
-  the counter's TTL, so an expired counter is simply absent.
-* ``P m:<key>`` — a warn-once mark, ``SET NX EX``.
-* ``P records`` — a sorted set: member = the record as compact JSON (``_records.COLUMNS`` names,
+* ``P c:{<budget>|<scope>}|<bucket>`` (a window bucket: ``day:2026-12-02``, a rolling window's
+  minute...) and ``P c:{<budget>|<scope>}|[<bucket>|]inflight`` (in-flight reservations and
+  leases of one budget instance) — a hash ``{c: cost nano-units, t: tokens}`` per counter key.
+  ``HINCRBY`` keeps both exact 64-bit integers; the key's Redis TTL is the counter's TTL, so an
+  expired counter is simply absent. The ``{...}`` is a Cluster hash tag: every key of one budget
+  instance lives in one slot, so every script (which touches only the keys of one instance) runs
+  on one node, and different instances spread over the nodes. A cluster prefix may not contain
+  braces (it would move the tag).
+* ``P m:<key>`` — a warn-once mark, ``SET NX EX`` (one key per command: any slot).
+* ``P records`` — one sorted set (one slot: on a cluster all records sit on one node): member =
+  the record as compact JSON (``_records.COLUMNS`` names,
   ``None`` values left out), score = its timestamp. Chosen over a Stream because records arrive
   out of time order (batched, retried after outages) and a sorted set still answers a time range
   exactly (``ZRANGE BYSCORE``) and purges exactly (``ZREMRANGEBYSCORE``). The member contains the
@@ -25,8 +35,7 @@ Every counter operation is exactly one round trip: a Lua script (registered once
 ``EVALSHA``; redis-py re-sends the body after a ``NOSCRIPT``) or a single command. The Lua
 scripts compare and clamp in Lua numbers (doubles), exact up to 2**53 nano-units (about 9
 million currency units in one budget window); the stored values and the values returned to
-Python are exact integers regardless. Multi-key scripts need all keys in one slot on Redis
-Cluster: give budget keys a ``{hash tag}`` there.
+Python are exact integers regardless.
 
 Connections use short timeouts and no client-side retries, so an unreachable Redis fails fast
 and :class:`~otel_llm_usage.ledger.resilient.FailOpenCounterStore` can answer locally.
@@ -41,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from ..usage import UsageRecord
@@ -212,13 +221,31 @@ def _client(url: str, socket_timeout: float) -> tuple[redis_lib.Redis, str | Non
     parts = urlsplit(url)
     params = parse_qsl(parts.query, keep_blank_values=True)
     prefix = next((v for k, v in params if k == "prefix"), None)
-    clean = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in params if k != "prefix"])))
+    rest = [(k, v) for k, v in params if k != "prefix"]
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     # redis-py's default is ten retries with backoff (seconds of blocking); the caller degrades instead.
-    client = redis.Redis.from_url(clean, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                                  retry=Retry(NoBackoff(), 0))
+    fail_fast: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
+                                 "retry": Retry(NoBackoff(), 0)}
+    if parts.scheme.lower() != "redis+cluster":
+        clean = urlunsplit(parts._replace(query=urlencode(rest)))
+        return redis.Redis.from_url(clean, **fail_fast), prefix
+    if prefix is not None and ("{" in prefix or "}" in prefix):
+        # The slot of a key is that of its first {...}: a brace in the prefix would put every key of
+        # every budget in one slot, or split one budget's keys over several and break its scripts.
+        raise ConfigError(f"ledger {url!r}: a Redis Cluster key prefix cannot contain {{ or }}")
+    if rest:
+        raise ConfigError(f"ledger {url!r}: a redis+cluster:// URL takes no options but ?prefix=")
+    from redis import cluster
+
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = credentials.partition(":")
+    node: Any = cluster.ClusterNode  # untyped in redis-py
+    nodes = [node(host, int(port)) for host, _, port in (n.rpartition(":") for n in hosts.split(",") if n)]
+    # A RedisCluster answers every command the stores send exactly as a Redis does.
+    client: Any = cluster.RedisCluster(startup_nodes=nodes, username=unquote(user) or None,
+                                       password=unquote(password) or None, **fail_fast)
     return client, prefix
 
 

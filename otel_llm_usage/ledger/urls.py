@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 __all__ = ["SCHEMES", "ledger_url_problem"]
 
-SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://")
+SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "redis+cluster://")
 
 
 def ledger_url_problem(url: str) -> str | None:
@@ -42,4 +42,16 @@ def ledger_url_problem(url: str) -> str | None:
         if db and not db.isdigit():
             return f"the database must be a number (redis://HOST:PORT/DB), not {db!r}"
         return None
-    return "must start with memory://, sqlite:///PATH or redis://HOST:PORT/DB"
+    if scheme == "redis+cluster":
+        parts = urlsplit(url)
+        nodes = [n for n in parts.netloc.rsplit("@", 1)[-1].split(",") if n]
+        if not nodes:
+            return "name at least one node: redis+cluster://HOST:PORT[,HOST:PORT...]"
+        for node in nodes:
+            port = node.rsplit(":", 1)[-1] if ":" in node else ""
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                return f"node {node!r}: give HOST:PORT with a port from 1 to 65535"
+        if parts.path.strip("/") not in ("", "0"):
+            return "a Redis Cluster has only database 0"
+        return None
+    return "must start with memory://, sqlite:///PATH, redis://HOST:PORT/DB or redis+cluster://HOST:PORT,..."
