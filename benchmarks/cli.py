@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """The one entry point: runs every benchmark, writes ``results-<mode>.json`` and ``.md``, prints the table.
 
-    python -m benchmarks              # full run, < 10 min on 2 cores
-    python -m benchmarks --quick      # tiny counts, < 1 min: the harness works, numbers mean little
+    python -m benchmarks              # full run, < 15 min on 2 cores
+    python -m benchmarks --quick      # tiny counts, < 2 min: the harness works, numbers mean little
 
 Order matters on a small machine: the per-call overhead benchmark and its
 breakdown (:mod:`benchmarks.breakdown`) run first, on an otherwise idle machine;
-the throughput and memory benchmarks follow, each in a fresh interpreter.
+the event-loop lag cases, the throughput, fleet and memory benchmarks follow, each
+in fresh interpreters.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 from otel_llm_usage.testing.redis_server import RedisServer
 
 from . import breakdown, overhead
+from .fleet_bench import run_fleet
+from .looplag_bench import run_looplag
 from .report import evaluate_targets, render_markdown
 from .subproc import run_module
 
@@ -38,6 +41,10 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 _SIZES = {"full": (200_000, 1_000_000, 3.0), "quick": (2_000, 20_000, 0.3)}
 # (blocks, calls per block) of each breakdown step
 _BREAKDOWN = {"full": (20, 400), "quick": (2, 20)}
+# seconds of 100-concurrent-call batches per event-loop lag case
+_LOOPLAG_S = {"full": 3.0, "quick": 0.5}
+# (runs, token limit) of the fleet overshoot benchmark, 4 processes × 16 threads each
+_FLEET = {"full": (5, 10_025), "quick": (1, 2_025)}
 
 
 def _cpu_model() -> str:
@@ -102,6 +109,9 @@ def run_all(quick: bool) -> dict[str, Any]:
         result["chunk"] = run_module("benchmarks.chunk_bench", ["--repeats", "20" if quick else "400"],
                                      timeout=120)
 
+        _log("event-loop lag ...")
+        result["looplag"] = run_looplag(redis_url, _LOOPLAG_S[mode], log=_log)
+
         _log("ledger ingest ...")
         result["ledger"] = {}
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-"))
@@ -126,6 +136,9 @@ def run_all(quick: bool) -> dict[str, Any]:
                 "benchmarks.contention_bench", ["--ledger", url, "--threads", "32", "--seconds", str(seconds)],
                 timeout=120)
 
+        _log("fleet overshoot ...")
+        result["fleet"] = _fleet(redis_url, *_FLEET[mode], notes=result["notes"], tmp=tmp)
+
         _log(f"memory ({calls:,} record_usage calls) ...")
         result["memory"] = run_module("benchmarks.memory_bench", ["--calls", str(calls)], timeout=400)
 
@@ -134,9 +147,57 @@ def run_all(quick: bool) -> dict[str, Any]:
     return result
 
 
+def _start_cluster(stack: contextlib.ExitStack) -> tuple[str | None, str | None]:
+    """(ledger URL of a local three-master Redis Cluster, None) or (None, why there is none)."""
+    from otel_llm_usage.ledger.urls import ledger_url_problem
+    from otel_llm_usage.testing import redis_server
+
+    # Looked up rather than imported: the starter may not exist in every version of the package.
+    starter: Any = getattr(redis_server, "RedisClusterServer", None)
+    if starter is None:
+        return None, "RedisClusterServer not importable from otel_llm_usage.testing.redis_server"
+    problem = ledger_url_problem("redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/0")
+    if problem is not None:  # checked before starting three servers for nothing
+        return None, f"the ledger does not accept redis+cluster:// URLs yet ({problem})"
+    try:
+        cluster = starter.start_if_available()
+    except Exception as exc:  # a cluster that cannot form skips its rows, it does not end the run
+        return None, f"Redis Cluster did not start: {type(exc).__name__}: {exc}"[:300]
+    if cluster is None:
+        return None, "redis-server or redis-cli not on PATH"
+    stack.callback(cluster.close)
+    url: str = cluster.url
+    return url, None
+
+
+def _fleet(redis_url: str | None, runs: int, limit: int, notes: list[str], tmp: str) -> dict[str, Any]:
+    """Fleet overshoot on the single Redis, on a Redis Cluster started for it (when there can be one), and
+    on SQLite (the processes of one host)."""
+    out: dict[str, Any] = {}
+    if redis_url is None:
+        out["redis"] = {"skipped": "redis-server not on PATH"}
+        out["redis_cluster"] = {"skipped": "redis-server not on PATH"}
+    else:
+        out["redis"] = run_fleet(redis_url, runs, limit=limit, log=_log)
+        out["redis_cluster"] = _fleet_cluster(runs, limit, notes)
+    out["sqlite"] = run_fleet(f"sqlite:///{os.path.join(tmp, 'fleet.db')}", runs, limit=limit, log=_log)
+    return out
+
+
+def _fleet_cluster(runs: int, limit: int, notes: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        cluster_url, why = _start_cluster(stack)
+        if cluster_url is None:
+            notes.append(f"fleet overshoot on Redis Cluster skipped: {why}")
+            return {"skipped": why}
+        out = run_fleet(cluster_url, runs, limit=limit, log=_log)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny iteration counts (smoke test, < 1 min)")
+    parser.add_argument("--quick", action="store_true", help="tiny iteration counts (smoke test, < 2 min)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="directory for results-<mode>.json/.md "
                         "(default: benchmarks/results/)")
     args = parser.parse_args(argv)

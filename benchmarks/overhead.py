@@ -79,12 +79,14 @@ class Worker:
         self.proc.stdin.flush()
         return self._read()
 
-    def close(self) -> None:
+    def close(self) -> dict[str, Any]:
+        """Stop the worker; its last reply (facts about the whole run), or ``{}``."""
+        bye: dict[str, Any] = {}
         if self.proc.poll() is None and self.proc.stdin is not None:
             try:
                 self.proc.stdin.write('{"op": "quit"}\n')
                 self.proc.stdin.flush()
-                self._read()
+                bye = self._read()
             except (BrokenPipeError, OSError):
                 pass
         try:
@@ -92,6 +94,7 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        return bye
 
 
 @dataclass
@@ -145,8 +148,11 @@ def run_overhead(counts: Counts, redis_url: str | None, loopback_url: str | None
             result.surfaces[surface] = _summaries(surface, samples, errors, variants, by_name)
             log(f"  surface {surface}: done ({time.perf_counter() - started:.0f} s)")
     finally:
-        for w in workers.values():
-            w.close()
+        by_variant = {v["name"]: v for v in result.variants}
+        for name, w in workers.items():
+            after = w.close().get("facts")
+            if after:
+                by_variant[name]["facts"]["after_run"] = after
     result.seconds = time.perf_counter() - started
     return result
 

@@ -124,12 +124,25 @@ def openai_client(base_url: str | None = None, chunks: int = 100) -> Any:
                          default_headers=headers)
 
 
-def openai_async_client() -> Any:
-    """An ``openai.AsyncOpenAI`` over the same mock transport (its handler is sync, which MockTransport allows)."""
+def openai_async_client(latency_s: float | None = None) -> Any:
+    """An ``openai.AsyncOpenAI`` over the same mock transport (its handler is sync, which MockTransport allows).
+
+    With ``latency_s``, every answer comes that long after the request, awaited on the event loop
+    (``asyncio.sleep``) as a network wait would be, so concurrent calls interleave."""
     import httpx2
     import openai
 
-    http = httpx2.AsyncClient(transport=httpx2.MockTransport(_openai_handler))
+    handler: Any = _openai_handler
+    if latency_s is not None:
+        import asyncio
+
+        async def delayed(request: Any) -> Any:
+            await asyncio.sleep(latency_s)
+            return _openai_handler(request)
+
+        handler = delayed
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
     return openai.AsyncOpenAI(api_key="bench", base_url=OPENAI_BASE, http_client=http, max_retries=0)
 
 

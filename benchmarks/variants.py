@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OFFICIAL_MODULE", "PEER_PATH_ENV", "VARIANTS", "Variant", "availability", "module_available",
-           "sdk_providers", "setup_otel_peer", "setup_ours", "setup_variant", "use_peer_path"]
+__all__ = ["OFFICIAL_MODULE", "PEER_PATH_ENV", "VARIANTS", "Variant", "active_counters", "availability",
+           "module_available", "runtime_facts", "sdk_providers", "setup_otel_peer", "setup_ours", "setup_variant",
+           "use_peer_path"]
 
 # Optional extra sys.path entry for the peer workers only (peers installed with ``pip --target``
 # somewhere else, so their entry points do not load into every ``opentelemetry-instrument`` run).
@@ -150,6 +151,31 @@ def describe_wiring(runtime: Any) -> str:
     """What the live pipeline actually holds, so a config key that is not wired yet shows in the report."""
     stages = getattr(getattr(runtime, "pipeline", None), "all_stages", [])
     return ", ".join(type(s).__name__ for s in stages)
+
+
+def active_counters() -> Any:
+    """The counter store of our active runtime, or ``None``."""
+    from otel_llm_usage.instrumentor import LLMUsageInstrumentor
+
+    return getattr(getattr(LLMUsageInstrumentor, "_runtime", None), "counters", None)
+
+
+def runtime_facts(counters: Any = None) -> dict[str, Any]:
+    """The counter store our active runtime (or ``counters``) really uses, whether it degraded (fell back
+    to local counting: then a "shared ledger" figure measured the fallback), and its lease counts if any."""
+    if counters is None:
+        counters = active_counters()
+    if counters is None:
+        return {}
+    by_op = dict(getattr(counters, "degraded_by_op", None) or {})  # operations answered locally, ever
+    facts: dict[str, Any] = {"counter_store": type(counters).__name__,
+                             "degraded": bool(getattr(counters, "degraded", False)) or bool(by_op)}
+    if by_op:
+        facts["degraded_by_op"] = by_op
+    stats = getattr(counters, "stats", None)
+    if stats is not None and hasattr(stats, "__dataclass_fields__"):
+        facts["lease_stats"] = {k: getattr(stats, k) for k in stats.__dataclass_fields__}
+    return facts
 
 
 def _dashscope_patched() -> bool:

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .surfaces import Surfaces
-    from .variants import setup_variant, use_peer_path
+    from .variants import runtime_facts, setup_variant, use_peer_path
 
     use_peer_path()
     try:
@@ -60,9 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _reply({"ok": True, "ns": ns})
         except Exception as exc:  # one broken surface must not end the run
             _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+    # How the counter store fared over the whole run (a shared ledger that degraded measured the fallback).
+    after = runtime_facts() if args.variant.startswith("ours") else {}
     surfaces.close()
     teardown()
-    _reply({"ok": True, "bye": True})
+    _reply({"ok": True, "bye": True, "facts": after})
     return 0
 
 

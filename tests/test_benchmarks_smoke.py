@@ -63,10 +63,53 @@ def test_quick_run_writes_complete_json_and_markdown(tmp_path: Path) -> None:
     assert "records_per_s" in result["ledger"]["sqlite"], result["ledger"]
     assert "calls_per_s" in result["contention"]["memory"], result["contention"]
     assert len(result["memory"]["rss"]) == 3, result["memory"]
-    assert [t["met"] in (True, False, None) for t in result["targets"]] == [True] * 4
+    from benchmarks.looplag_bench import CASES
+    from benchmarks.report import STORE_TARGETS
+
+    # 4 original targets, the shared-ledger ratios, embeddings vs official, 2 loop-lag rows, 3 fleet rows
+    targets = result["targets"]
+    assert len(targets) == 4 + len(STORE_TARGETS) + 1 + 2 + 3, [t["name"] for t in targets]
+    assert all(t["met"] in (True, False, None) for t in targets), targets
+    by_name = {t["name"]: t for t in targets}
+    # The ratios are computed whenever the variants ran (their verdict is whatever the run measured).
+    for surface, variant in STORE_TARGETS:
+        name = next(n for n in by_name if n.startswith(f"{surface}: added latency, budget on"))
+        if variants[variant]["available"]:
+            assert by_name[name]["measured"], (name, by_name[name])
+    embeddings = by_name["embeddings: added latency of ours <= official instrumentation's"]
+    assert embeddings["measured"] or not official_installed, embeddings
+
+    looplag = result["looplag"]["cases"]
+    assert set(looplag) == set(CASES)
+    redis_available = variants["ours_redis"]["available"]
+    for case, r in looplag.items():
+        if case.startswith("ours_redis") and not redis_available:
+            assert "error" in r, (case, r)
+            continue
+        assert "error" not in r, (case, r)
+        assert r["calls"] > 0 and r["lag"]["n"] > 0 and r["step"]["n"] > 0, (case, r)
+        assert r["lag"]["max_us"] >= r["lag"]["p50_us"] >= 0, (case, r)
+    if redis_available:
+        assert looplag["ours_redis_slow"]["proxy"]["connections"] > 0, looplag["ours_redis_slow"]
+
+    fleet = result["fleet"]
+    assert set(fleet) == {"redis", "redis_cluster", "sqlite"}
+    for store in ("sqlite", "redis") if redis_available else ("sqlite",):
+        runs = fleet[store]["runs"]
+        assert runs and all("error" not in r for r in runs), (store, runs)
+        for r in runs:
+            assert r["calls"] > 0 and r["refused_threads"] == fleet[store]["procs"] * fleet[store]["threads"], r
+            assert isinstance(r["within_bound"], bool) and r["over_tokens"] == r["used_tokens"] - \
+                fleet[store]["limit_tokens"], r
+    for store, f in fleet.items():  # measured, or skipped with the reason in the report
+        assert "runs" in f or "skipped" in f or "error" in f, (store, f)
+
     for v in VARIANTS:
         assert v.label in markdown
     for heading in ("## Targets", "## Per-call overhead", "## Where the added latency goes", "## Ledger ingest",
-                    "## Memory", "## Budget contention"):
+                    "## Memory", "## Budget contention", "### Budget on a shared ledger vs in memory",
+                    "### Ratio of added latency, ours / peer", "## Event-loop lag", "## Fleet overshoot"):
         assert heading in markdown
+    for what, _ in CASES.values():
+        assert what in markdown
     assert markdown in proc.stdout

@@ -91,6 +91,7 @@ class _Lease:
     renew_at: float = 0.0
     busy: bool = False  # admitted a call since the last renewal
     refused_until: float = 0.0  # the store said "at the limit" this recently: refuse without asking again
+    flight: threading.Event | None = None  # set when the request a thread has in flight with the store ends
     refill: bool = False  # below the low-water mark: the background thread tops it up
 
     def free(self) -> Amount:
@@ -138,6 +139,10 @@ class LeasedCounterStore:
     was written meanwhile is replayed by it. Its health is this store's health.
     """
 
+    # A thread waiting for another's store request gives up waiting after this and asks itself (the
+    # store's own timeouts bound the request; this only guards against a request that never ends).
+    _FOLLOWER_WAIT_S = 5.0
+
     def __init__(self, store: FailOpenCounterStore, *, share: float = 0.02, ttl_s: float = 5.0, low_water: float = 0.5,
                  flush_interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
         if not 0 < share <= 1 or not 0 < low_water < 1:
@@ -176,30 +181,46 @@ class LeasedCounterStore:
 
     def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
                     ttl_s: int | None) -> tuple[bool, Amount, Amount]:
-        with self._lock:
-            lease = self._lease(inflight_key, used_keys, limit, ttl_s)
-            if lease.fits(reservation):
-                lease.inflight += reservation
-                lease.busy = True
-                self.stats.local += 1
-                if not lease.refill and lease.low(self.low_water):
-                    lease.refill = True
-                    self._wake.set()
-                return True, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
-            if lease.refused_until > self._clock() and lease.free() == _ZERO:
-                self.stats.refused_locally += 1
-                return False, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
-            if not may_wait():
-                self.stats.would_block += 1
-                raise WouldBlock(inflight_key)
-            self.stats.waits += 1
-            release = _floor0(lease.free())  # handed back in the same step: our leftovers never count
-            lease.granted -= release
-        granted, used, inflight = self.store.lease(list(used_keys), inflight_key, _on_limited(limit, reservation),
-                                                   release, self.share, limit, ttl_s)
+        while True:
+            with self._lock:
+                lease = self._lease(inflight_key, used_keys, limit, ttl_s)
+                if lease.fits(reservation):
+                    lease.inflight += reservation
+                    lease.busy = True
+                    self.stats.local += 1
+                    if not lease.refill and lease.low(self.low_water):
+                        lease.refill = True
+                        self._wake.set()
+                    return True, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
+                if lease.refused_until > self._clock() and lease.free() == _ZERO:
+                    self.stats.refused_locally += 1
+                    return False, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
+                if not may_wait():
+                    self.stats.would_block += 1
+                    raise WouldBlock(inflight_key)
+                flight = lease.flight
+                if flight is None:  # this thread asks the store; others wait for its answer
+                    flight = lease.flight = threading.Event()
+                    self.stats.waits += 1
+                    release = _floor0(lease.free())  # handed back in the same step: our leftovers never count
+                    lease.granted -= release
+                    break
+            # One request per budget instance and process at a time: sixteen threads missing the
+            # same lease would otherwise queue sixteen requests on the store (a SQLite file lock
+            # shared by every process). Then this thread looks again: the grant may cover it too.
+            flight.wait(self._FOLLOWER_WAIT_S)
+        try:
+            granted, used, inflight = self.store.lease(list(used_keys), inflight_key, _on_limited(limit, reservation),
+                                                       release, self.share, limit, ttl_s)
+        except BaseException:
+            with self._lock:
+                lease.flight = None
+            flight.set()
+            raise
         self._ensure_thread()
         with self._lock:
-            lease = self._lease(inflight_key, used_keys, limit, ttl_s)
+            lease.flight = None
+            flight.set()
             self._seen(lease, used, inflight, granted)
             if limit.exhausted_by(used + inflight):
                 # A budget at its limit stays refused here until the next background write brings

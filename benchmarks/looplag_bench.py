@@ -1,0 +1,309 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Event-loop lag under 100 concurrent ``AsyncOpenAI`` calls: does the plugin ever hold the loop?
+
+    python -m benchmarks.looplag_bench --case ours_redis --redis-url redis://127.0.0.1:6379/0 --seconds 3
+
+One case per interpreter (patches never collide): ``plain`` (no plugin), ``ours_budgets``
+(our plugin and a block budget, in-memory counters), ``ours_redis`` (the same budget on the
+Redis ledger) and ``ours_redis_slow`` (the Redis ledger behind :class:`DelayProxy`, which holds
+every reply from ``redis-server`` for 50 ms). The plugin is set up exactly as the overhead
+benchmark's variants (:func:`benchmarks.variants.setup_ours`); the client is the surfaces'
+``AsyncOpenAI`` over the in-process mock transport.
+
+The mock server answers after 10 ms, awaited on the loop (``asyncio.sleep``) as a network wait
+would be, so the calls of a batch interleave. After two warm-up batches, for ``--seconds`` the
+loop runs batches of ``--concurrency`` calls gathered at once, back to back, with the garbage
+collector off (a collection pauses whichever step triggers it), while two things are measured
+on the same loop:
+
+* a probe coroutine sleeping 0.5 ms over and over; lag = wake time − intended wake time. This
+  is what another coroutine of the host (a health check, a websocket) would see: every piece
+  of work the loop runs between two of its turns, the 100 calls' own SDK work included;
+* the duration of every callback the loop runs (``asyncio.Handle._run``, task steps included):
+  the longest one is the longest time a single step held the loop — a stall, where the probe
+  lag also counts the many short steps of 100 busy tasks queued before it.
+
+:func:`run_looplag` (the parent side) starts one interpreter per case, and the delay proxy
+in a thread of its own (the parent idles while a case runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .stats import median, percentile
+from .subproc import emit, run_module
+
+__all__ = ["CASES", "DelayProxy", "main", "run", "run_looplag"]
+
+#: case -> (what it is, the variant of :mod:`benchmarks.variants` it is set up as)
+CASES: dict[str, tuple[str, str]] = {
+    "plain": ("plain SDK, no plugin", "plain"),
+    "ours_budgets": ("ours + block budget, in-memory counters", "ours_budgets"),
+    "ours_redis": ("ours + block budget, Redis ledger (healthy)", "ours_redis"),
+    "ours_redis_slow": ("ours + block budget, Redis answering after 50 ms", "ours_redis"),
+}
+PROBE_S = 0.0005
+#: the mock server's answer time, awaited on the loop like a network wait (the calls interleave)
+NETWORK_S = 0.010
+SLOW_REPLY_S = 0.050
+_WARMUP_BATCHES = 2
+
+
+def _lag_summary(values_ns: Sequence[int]) -> dict[str, float]:
+    if not values_ns:
+        return {"n": 0}
+    return {"n": len(values_ns), "p50_us": median(values_ns) / 1e3, "p99_us": percentile(values_ns, 99) / 1e3,
+            "max_us": max(values_ns) / 1e3}
+
+
+class _StepTimer:
+    """Times every callback the event loop runs (``Handle._run``), while recording: wall time, and
+    the loop thread's own CPU time (the difference is waiting: for I/O, or for the GIL while
+    another thread runs)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.cpu: list[int] = []
+        self.recording = False
+        self._original: Callable[[asyncio.Handle], None] | None = None
+
+    def install(self) -> None:
+        original = self._original = asyncio.Handle._run
+        steps, cpu, clock, thread_clock, timer = self.steps, self.cpu, time.perf_counter_ns, time.thread_time_ns, self
+
+        def timed_run(handle: asyncio.Handle) -> None:
+            if not timer.recording:
+                original(handle)
+                return
+            t0, c0 = clock(), thread_clock()
+            original(handle)
+            if timer.recording:  # the step that switches recording off is not counted either
+                cpu.append(thread_clock() - c0)
+                steps.append(clock() - t0)
+
+        asyncio.Handle._run = timed_run  # type: ignore[method-assign,assignment]
+
+    def uninstall(self) -> None:
+        if self._original is not None:
+            asyncio.Handle._run = self._original  # type: ignore[method-assign,assignment]
+
+
+def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
+        latency_s: float = NETWORK_S) -> dict[str, Any]:
+    from . import transports as T
+    from .variants import runtime_facts, setup_variant
+
+    teardown, facts = setup_variant(CASES[case][1], redis_url)
+    client = T.openai_async_client(latency_s=latency_s)
+    messages = [{"role": "user", "content": "Say lorem ipsum."}]
+    timer = _StepTimer()
+    lags: list[int] = []
+    calls = batches = 0
+    timed_s = 0.0
+    loop = asyncio.new_event_loop()
+
+    async def batch() -> None:
+        await asyncio.gather(*(client.chat.completions.create(model=T.CHAT_MODEL, messages=messages)
+                               for _ in range(concurrency)))
+
+    async def probe(stop: asyncio.Event) -> None:
+        clock = time.perf_counter_ns
+        period = int(PROBE_S * 1e9)
+        while not stop.is_set():
+            intended = clock() + period
+            await asyncio.sleep(PROBE_S)
+            lags.append(max(0, clock() - intended))
+
+    async def main() -> None:
+        nonlocal calls, batches, timed_s
+        for _ in range(_WARMUP_BATCHES):
+            await batch()
+        stop = asyncio.Event()
+        gc.collect()
+        gc.disable()  # a collection pauses whichever step triggers it: not a stall of the plugin's making
+        timer.recording = True
+        prober = asyncio.create_task(probe(stop))
+        t0 = time.perf_counter()
+        while time.perf_counter() < t0 + seconds:
+            await batch()
+            batches += 1
+            calls += concurrency
+        timed_s = time.perf_counter() - t0
+        stop.set()
+        await prober
+        timer.recording = False
+        gc.enable()
+
+    timer.install()
+    try:
+        loop.run_until_complete(main())
+        facts.update(runtime_facts())
+        loop.run_until_complete(client.close())
+    finally:
+        gc.enable()
+        timer.uninstall()
+        loop.close()
+        teardown()
+    return {"case": case, "what": CASES[case][0], "seconds": timed_s, "batches": batches, "calls": calls,
+            "calls_per_s": calls / timed_s if timed_s else 0.0, "concurrency": concurrency, "latency_s": latency_s,
+            "lag": _lag_summary(lags), "step": _lag_summary(timer.steps), "step_cpu": _lag_summary(timer.cpu),
+            "steps_over_1ms": sum(1 for d in timer.steps if d > 1_000_000),
+            "steps_over_slow_reply": sum(1 for d in timer.steps if d >= SLOW_REPLY_S * 1e9), "facts": facts}
+
+
+# -- the slow Redis -------------------------------------------------------------------------------
+
+
+class DelayProxy:
+    """A TCP proxy on 127.0.0.1 that forwards requests at once and holds every reply for ``delay`` s.
+
+    Each chunk read from the server is written to the client ``delay`` after it arrived, in
+    order, so pipelined replies stay pipelined: a server that answers after ``delay``. Runs
+    on its own thread (selectors, no asyncio), so it never shares an event loop with a client.
+    """
+
+    def __init__(self, target_host: str, target_port: int, delay: float) -> None:
+        self.target = (target_host, target_port)
+        self.delay = delay
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="bench-delay-proxy", daemon=True)
+        self.connections = 0
+        self.replies_delayed = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> DelayProxy:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, None)
+        peer: dict[socket.socket, socket.socket] = {}  # client <-> upstream, both ways
+        upstreams: set[socket.socket] = set()
+        held: list[tuple[float, socket.socket, bytes]] = []  # (due, client, reply bytes), in arrival order
+
+        def drop(s: socket.socket) -> None:
+            other = peer.pop(s, None)
+            for x in (s, other):
+                if x is None:
+                    continue
+                with contextlib.suppress(KeyError, ValueError):
+                    sel.unregister(x)
+                x.close()
+                peer.pop(x, None)
+                upstreams.discard(x)
+
+        while not self._stop.is_set():
+            now = time.monotonic()
+            while held and held[0][0] <= now:
+                _, client, data = held.pop(0)
+                with contextlib.suppress(OSError):
+                    client.setblocking(True)
+                    client.sendall(data)
+                    client.setblocking(False)
+            timeout = 0.05 if not held else max(0.0, held[0][0] - time.monotonic())
+            for key, _ in sel.select(timeout):
+                s = key.fileobj
+                assert isinstance(s, socket.socket)
+                if s is self._listener:
+                    with contextlib.suppress(BlockingIOError):
+                        client, _addr = self._listener.accept()
+                        upstream = socket.create_connection(self.target, timeout=5)
+                        for x in (client, upstream):
+                            x.setblocking(False)
+                            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            sel.register(x, selectors.EVENT_READ, None)
+                        peer[client], peer[upstream] = upstream, client
+                        upstreams.add(upstream)
+                        self.connections += 1
+                    continue
+                try:
+                    data = s.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    drop(s)
+                    continue
+                if s in upstreams:  # a reply: hold it
+                    held.append((time.monotonic() + self.delay, peer[s], data))
+                    self.replies_delayed += 1
+                else:  # a request: forward now
+                    with contextlib.suppress(OSError):
+                        peer[s].setblocking(True)
+                        peer[s].sendall(data)
+                        peer[s].setblocking(False)
+        for s in list(peer):
+            with contextlib.suppress(OSError):
+                s.close()
+        sel.close()
+
+
+def run_looplag(redis_url: str | None, seconds: float, concurrency: int = 100,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every case in its own interpreter; Redis cases are skipped (with the reason) without ``redis_url``."""
+    from urllib.parse import urlsplit
+
+    out: dict[str, Any] = {"seconds": seconds, "concurrency": concurrency, "probe_s": PROBE_S,
+                           "slow_reply_s": SLOW_REPLY_S, "latency_s": NETWORK_S, "cases": {}}
+    for case in CASES:
+        args = ["--case", case, "--seconds", str(seconds), "--concurrency", str(concurrency)]
+        proxy: DelayProxy | None = None
+        if case.startswith("ours_redis"):
+            if redis_url is None:
+                out["cases"][case] = {"error": "redis-server not found on PATH"}
+                continue
+            url = redis_url
+            if case == "ours_redis_slow":
+                parts = urlsplit(redis_url)
+                proxy = DelayProxy(parts.hostname or "127.0.0.1", parts.port or 6379, SLOW_REPLY_S).start()
+                url = proxy.url
+            args += ["--redis-url", url]
+        try:
+            r = run_module("benchmarks.looplag_bench", args, timeout=60 + 4 * seconds)
+        finally:
+            if proxy is not None:
+                proxy.close()
+        if proxy is not None:
+            r["proxy"] = {"connections": proxy.connections, "replies_delayed": proxy.replies_delayed}
+        out["cases"][case] = r
+        log(f"  loop lag {case}: " + ("error: " + r["error"][:200] if "error" in r else
+                                      f"max {r['lag'].get('max_us', 0) / 1e3:.1f} ms"))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.looplag_bench")
+    parser.add_argument("--case", choices=list(CASES), required=True)
+    parser.add_argument("--redis-url")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=100)
+    args = parser.parse_args(argv)
+    emit(run(args.case, args.redis_url, args.seconds, args.concurrency))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
