@@ -54,7 +54,7 @@ from .._blocking import WouldBlock, may_wait
 from .._fork import reset_after_fork
 from .._guard import internal_error
 from .base import Amount, Limit, saturated
-from .resilient import FailOpenCounterStore
+from .resilient import FailOpenCounterStore, flush_at_exit
 
 __all__ = ["LeaseStats", "LeasedCounterStore"]
 
@@ -163,7 +163,7 @@ class LeasedCounterStore:
         reset_after_fork(self)
         # Finalizers run newest first at exit: this one after the pipeline's (settled usage reaches
         # the leases first) and before the fail-open store's (which replays what this writes).
-        self._at_exit = weakref.finalize(self, _flush_at_exit, weakref.ref(self))
+        self._at_exit = weakref.finalize(self, flush_at_exit, weakref.ref(self))
 
     @property
     def backend(self) -> str:
@@ -420,11 +420,3 @@ class LeasedCounterStore:
         except Exception as exc:
             internal_error("ledger.leases.close", exc)
 
-
-def _flush_at_exit(ref: weakref.ref[LeasedCounterStore]) -> None:
-    store = ref()
-    if store is not None:
-        try:
-            store.flush()
-        except Exception as exc:  # runs at interpreter exit: nothing may escape
-            internal_error("ledger.leases.flush_at_exit", exc)

@@ -79,20 +79,28 @@ local function set_field(key, field, x)
 end
 """
 
+# Reads KEYS[1..last] into raw (the exact strings) and sums them into c, t (doubles).
+_SUM_KEYS = """
+local function sum_keys(last, raw)
+  local c, t = 0, 0
+  for i = 1, last do
+    local v = redis.call('HMGET', KEYS[i], 'c', 't')
+    raw[2 * i - 1] = v[1] or '0'
+    raw[2 * i] = v[2] or '0'
+    c = c + (tonumber(v[1]) or 0)
+    t = t + (tonumber(v[2]) or 0)
+  end
+  return c, t
+end
+"""
+
 # KEYS = used keys..., inflight key (last). ARGV = reservation cost, tokens; limit cost, tokens ("" = no
 # limit); ttl ("" = keep the key's TTL). Returns {admitted, used/inflight raw values as strings}: Python
 # sums the raw strings so the amounts it reports are exact.
-_TRY_RESERVE = _SATURATING + """
+_TRY_RESERVE = _SATURATING + _SUM_KEYS + """
 local n = #KEYS
 local raw = {}
-local c, t = 0, 0
-for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 'c', 't')
-  raw[2 * i - 1] = v[1] or '0'
-  raw[2 * i] = v[2] or '0'
-  c = c + (tonumber(v[1]) or 0)
-  t = t + (tonumber(v[2]) or 0)
-end
+local c, t = sum_keys(n, raw)
 local exhausted = (ARGV[3] ~= '' and c >= tonumber(ARGV[3])) or (ARGV[4] ~= '' and t >= tonumber(ARGV[4]))
 if exhausted then
   return {0, raw}
@@ -148,17 +156,10 @@ return 1
 # _counting.lease in one round trip. KEYS = used keys..., inflight key (last). ARGV = need cost, tokens;
 # release cost, tokens; share; limit cost, tokens ("" = no limit); ttl ("" = keep). Returns
 # {granted cost, granted tokens, raw used/inflight values (inflight after the release)} as strings.
-_LEASE = _SATURATING + """
+_LEASE = _SATURATING + _SUM_KEYS + """
 local n = #KEYS
 local raw = {}
-local c, t = 0, 0
-for i = 1, n - 1 do
-  local v = redis.call('HMGET', KEYS[i], 'c', 't')
-  raw[2 * i - 1] = v[1] or '0'
-  raw[2 * i] = v[2] or '0'
-  c = c + (tonumber(v[1]) or 0)
-  t = t + (tonumber(v[2]) or 0)
-end
+local c, t = sum_keys(n - 1, raw)
 local f = redis.call('HMGET', KEYS[n], 'c', 't')
 local fc = (tonumber(f[1]) or 0) - tonumber(ARGV[3])
 local ft = (tonumber(f[2]) or 0) - tonumber(ARGV[4])

@@ -44,7 +44,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .._guard import internal_error
 from .base import Amount, CounterStore, Limit
@@ -109,7 +109,7 @@ class FailOpenCounterStore:
         self.backend = type(primary).__name__.removesuffix("CounterStore").lower() or "custom"
         # At exit, after the pipeline (created later, finalized first) has settled its queue:
         # a process leaving right after an outage still hands its local usage to the primary.
-        self._at_exit = weakref.finalize(self, _flush_at_exit, weakref.ref(self))
+        self._at_exit = weakref.finalize(self, flush_at_exit, weakref.ref(self))
 
     @property
     def degraded(self) -> bool:
@@ -414,7 +414,12 @@ class FailOpenCounterStore:
             return self._baseline.get(where, (Amount(), Amount()))
 
 
-def _flush_at_exit(ref: weakref.ref[FailOpenCounterStore]) -> None:
+class _Flushable(Protocol):
+    def flush(self, timeout_s: float = 2.0) -> bool: ...
+
+
+def flush_at_exit(ref: weakref.ref[_Flushable]) -> None:
+    """A ``weakref.finalize`` callback: flush the store if it still exists; never raises."""
     store = ref()
     if store is not None:
         try:
