@@ -5,9 +5,8 @@ Each stage sees every :class:`~otel_llm_usage.usage.UsageRecord` once, in
 order, and runs guarded: a failing stage is logged and counted and the next
 stage still runs.
 
-Two lists of stages. ``stages`` run on the calling thread (pricing and budget
-settlement when the budget counters are in SQLite, see ``Runtime``).
-``deferred`` stages (pricing, budget settlement, metrics, the ledger) run
+Two lists of stages. ``stages`` run on the calling thread (the runtime puts
+none there). ``deferred`` stages (pricing, budget settlement, metrics, the ledger) run
 afterwards on one worker thread, so a call returns to the host as soon as its
 span has ended (a span that records is priced before it ends, by the lifecycle).
 Nothing reads stale state because of it: every reader drains the queue first

@@ -47,8 +47,8 @@ from .usage import TokenUsage, UsageRecord
 
 __all__ = ["Runtime", "active_runtime", "build_runtime"]
 
-# The longest a host thread waits for the SQLite file (a budget reservation or settlement on the
-# calling thread) before the counters fail open to local counting; our own threads wait longer.
+# The longest a host thread waits for the SQLite file (a lease request, or a reservation with leases
+# off) before the counters fail open to local counting; our own threads wait longer.
 _CALLER_WAIT_S = 0.1
 
 

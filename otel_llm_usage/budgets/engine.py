@@ -3,9 +3,10 @@
 
 Before a call, every matching budget whose action is ``block``, ``downgrade``
 or ``exit`` tries to *reserve* the call's estimated cost and tokens in the
-counter store (memory, SQLite or Redis — atomically, across processes).
-A reservation is admitted iff ``used + in-flight`` is still below the limit;
-after the call it is settled to the actual usage.
+counter store (memory, SQLite or Redis — atomically, across processes; on a
+shared store from this process's lease, see ``ledger/leases.py``, which keeps
+the same bound). A reservation is admitted iff ``used + in-flight`` is still
+below the limit; after the call it is settled to the actual usage.
 
 Overshoot bound (documented in the README): when every in-flight call's
 actual usage is within its reservation, the final usage of a window exceeds
