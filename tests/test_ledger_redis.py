@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Redis ledger against a real ``redis-server``: records, outages and recovery, the writer.
-(The CounterStore contract itself runs on Redis in test_ledger.py.)"""
+"""Redis ledger against a real ``redis-server``: records, outages and recovery, the writer, the
+``lease`` script. (The CounterStore contract itself runs on Redis in test_ledger.py; ``lease`` op for op
+against the shared arithmetic in test_budget_leases.py; Redis Cluster in test_redis_cluster.py.)"""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -172,3 +175,90 @@ def test_settle_and_read_is_settle_then_read_in_one_round_trip(redis_server: Red
         assert used == Amount(8, 20)
     finally:
         counters.close()
+
+
+# --- lease: _counting.lease in one Lua round trip ------------------------------------------------------
+
+TOKENS_1000 = Limit(tokens=1000)
+
+
+def test_lease_grants_a_share_of_what_remains_never_less_than_the_need(redis_url: str) -> None:
+    s = RedisCounterStore(redis_url)
+    try:
+        s.add("h1", Amount(0, 120), None)
+        s.add("h2", Amount(0, 80), None)  # a rolling window: both buckets count
+        # (granted, used, in-flight before the grant): half of 1000 - 200 remaining.
+        assert s.lease(["h1", "h2"], "inf", Amount(0, 10), Amount(), 0.5, TOKENS_1000, None) == \
+            (Amount(0, 400), Amount(0, 200), Amount())
+        # A tenth of the 400 left is 40, but the waiting call needs 300: it gets what it needs.
+        assert s.lease(["h1", "h2"], "inf", Amount(0, 300), Amount(), 0.1, TOKENS_1000, None) == \
+            (Amount(0, 300), Amount(0, 200), Amount(0, 400))
+        assert s.read(["h1", "h2"], "inf") == (Amount(0, 200), Amount(0, 700))
+        s.add("h2", Amount(0, 99), None)  # 1 token left: floor(0.5) is 0, but below the limit 1 is granted
+        assert s.lease(["h1", "h2"], "inf", Amount(), Amount(), 0.5, TOKENS_1000, None)[0] == Amount(0, 1)
+    finally:
+        s.close()
+
+
+def test_lease_is_refused_at_the_limit_and_then_writes_nothing(redis_url: str) -> None:
+    s = RedisCounterStore(redis_url)
+    try:
+        s.add("day", Amount(0, 990), None)
+        assert s.lease(["day"], "inf", Amount(0, 5), Amount(), 0.5, TOKENS_1000, None)[0] == Amount(0, 5)
+        s.add("day", Amount(0, 10), None)  # used alone now reaches the limit
+        assert s.lease(["day"], "inf", Amount(0, 5), Amount(), 0.5, TOKENS_1000, 60) == \
+            (Amount(), Amount(0, 1000), Amount(0, 5))
+        assert s.read(["day"], "inf") == (Amount(0, 1000), Amount(0, 5))
+        assert s._redis.ttl(s._key("inf")) == -1  # a refusal does not touch the key, TTL included
+    finally:
+        s.close()
+
+
+def test_lease_takes_back_the_release_before_sizing_the_grant(redis_url: str) -> None:
+    s = RedisCounterStore(redis_url)
+    try:
+        s.add("day", Amount(0, 200), None)
+        s.lease(["day"], "inf", Amount(0, 700), Amount(), 0.0, TOKENS_1000, None)  # holds 700
+        # The asker's own 400 unused go back first: 200 used + 300 in flight leaves 500, half is granted.
+        assert s.lease(["day"], "inf", Amount(), Amount(0, 400), 0.5, TOKENS_1000, None) == \
+            (Amount(0, 250), Amount(0, 200), Amount(0, 300))
+        # Releasing more than is held clamps in-flight at zero; share 0 and no need is a pure hand-back.
+        assert s.lease(["day"], "inf", Amount(), Amount(3, 10_000), 0.0, TOKENS_1000, None) == \
+            (Amount(), Amount(0, 200), Amount())
+        assert s.read(["day"], "inf") == (Amount(0, 200), Amount())
+    finally:
+        s.close()
+
+
+def test_lease_leaves_unlimited_axes_alone(redis_url: str) -> None:
+    s = RedisCounterStore(redis_url)
+    try:
+        cost_only = Limit(cost_nanos=10_000)
+        assert s.lease(["day"], "inf", Amount(100, 50), Amount(), 0.5, cost_only, None)[0] == Amount(5_000, 0)
+        assert s.lease(["day"], "inf", Amount(100, 50), Amount(), 0.5, Limit(), None)[0] == Amount()
+        assert s.read(["day"], "inf") == (Amount(), Amount(5_000, 0))
+        big = 2**53 + 1  # a need beyond a double's exact range is granted exactly
+        assert s.lease(["day"], "big", Amount(0, big), Amount(), 0.0, Limit(tokens=2**60), None)[0] == \
+            Amount(0, big)
+        assert s.read(["day"], "big")[1] == Amount(0, big)
+    finally:
+        s.close()
+
+
+def test_lease_restarts_the_in_flight_ttl_only_when_it_writes(redis_url: str) -> None:
+    s = RedisCounterStore(redis_url)
+    try:
+        inflight = s._key("inf")
+        s.lease(["day"], "inf", Amount(0, 1), Amount(), 0.5, TOKENS_1000, 100)
+        assert 95 <= s._redis.ttl(inflight) <= 100
+        s.lease(["day"], "inf", Amount(), Amount(0, 1), 0.0, TOKENS_1000, 5_000)  # a release writes
+        assert 4_990 <= s._redis.ttl(inflight) <= 5_000
+        s.lease(["day"], "inf", Amount(0, 1), Amount(), 0.5, TOKENS_1000, None)  # None keeps the TTL
+        assert s._redis.ttl(inflight) > 4_900
+        s.lease(["day"], "inf", Amount(), Amount(), 0.0, TOKENS_1000, 7)  # grants and releases nothing
+        assert s._redis.ttl(inflight) > 4_900
+        s.lease(["day"], "inf", Amount(0, 1), Amount(), 0.5, TOKENS_1000, 1)
+        time.sleep(2.1)  # Redis keeps TTLs in whole seconds: the in-flight key has expired
+        assert s.read(["day"], "inf") == (Amount(), Amount())
+    finally:
+        s.close()

@@ -9,9 +9,10 @@ Needs the ``redis`` extra (``pip install 'otel-llm-usage[redis]'``)::
     records.append(batch)
     records.query(RecordQuery(since=time.time() - 86_400, user="alice"))
 
-A Redis Cluster is ``redis+cluster://HOST:PORT[,HOST:PORT...][?prefix=...]`` (any node will do;
-listing several lets a client start while one is down); the same classes then use redis-py's
-``RedisCluster``.
+A Redis Cluster is ``redis+cluster://HOST:PORT[,HOST:PORT...][/0][?prefix=...]`` (any node will
+do; listing several lets a client start while one is down); the same classes then use redis-py's
+``RedisCluster``, made on first use so that, as with one Redis, opening the ledger never fails
+on the network.
 
 Key layout (``P`` is the prefix, default ``llm_usage:``):
 
@@ -48,7 +49,7 @@ are plain SHA1s and stay valid. ``tests/test_scale_out.py`` checks it with a rea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -56,6 +57,7 @@ from ..errors import ConfigError
 from ..usage import UsageRecord
 from ._records import deletion, from_mapping, matches, select, to_mapping
 from .base import Amount, Limit, RecordQuery, saturated
+from .urls import ledger_url_problem
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -169,21 +171,28 @@ local released = ARGV[3] ~= '0' or ARGV[4] ~= '0'
 raw[2 * n - 1] = released and string.format('%.0f', fc) or (f[1] or '0')
 raw[2 * n] = released and string.format('%.0f', ft) or (f[2] or '0')
 local share = tonumber(ARGV[5])
-local gc, gt = 0, 0
+-- max(need, floor(remaining * share), 1) on a limited axis; need wins as its own string, so it stays exact.
+local function grant(need, limit, total)
+  if limit == '' then return '0' end
+  local g = math.max(math.floor((tonumber(limit) - total) * share), 1)
+  if tonumber(need) >= g then return need end
+  return string.format('%.0f', g)
+end
+local gc, gt = '0', '0'
 local exhausted = (ARGV[6] ~= '' and c + fc >= tonumber(ARGV[6])) or (ARGV[7] ~= '' and t + ft >= tonumber(ARGV[7]))
 local nothing = share == 0 and ARGV[1] == '0' and ARGV[2] == '0'
 if not exhausted and not nothing then
-  if ARGV[6] ~= '' then gc = math.max(tonumber(ARGV[1]), math.floor((tonumber(ARGV[6]) - c - fc) * share), 1) end
-  if ARGV[7] ~= '' then gt = math.max(tonumber(ARGV[2]), math.floor((tonumber(ARGV[7]) - t - ft) * share), 1) end
+  gc = grant(ARGV[1], ARGV[6], c + fc)
+  gt = grant(ARGV[2], ARGV[7], t + ft)
 end
 if released then
   set_field(KEYS[n], 'c', fc)
   set_field(KEYS[n], 't', ft)
 end
-if gc > 0 then incr(KEYS[n], 'c', string.format('%.0f', gc)) end
-if gt > 0 then incr(KEYS[n], 't', string.format('%.0f', gt)) end
-if (released or gc > 0 or gt > 0) and ARGV[8] ~= '' then redis.call('EXPIRE', KEYS[n], ARGV[8]) end
-return {string.format('%.0f', gc), string.format('%.0f', gt), raw}
+if gc ~= '0' then incr(KEYS[n], 'c', gc) end
+if gt ~= '0' then incr(KEYS[n], 't', gt) end
+if (released or gc ~= '0' or gt ~= '0') and ARGV[8] ~= '' then redis.call('EXPIRE', KEYS[n], ARGV[8]) end
+return {gc, gt, raw}
 """
 
 # KEYS = used keys..., inflight key (last). Returns the raw values, read atomically.
@@ -213,7 +222,12 @@ def _connect(url: str, socket_timeout: float, prefix: str | None,
     if client is None:
         client, url_prefix = _client(url, socket_timeout)
         prefix = prefix if prefix is not None else url_prefix
-    return client, prefix if prefix is not None else DEFAULT_PREFIX
+    prefix = prefix if prefix is not None else DEFAULT_PREFIX
+    if ("{" in prefix or "}" in prefix) and not isinstance(client, _import_redis().Redis):
+        # A key's slot is that of its first {...}: a brace in the prefix would put every key of every
+        # budget in one slot, or split one budget instance's keys over several and break its scripts.
+        raise ConfigError(f"a Redis Cluster key prefix cannot contain {{ or }}, not {prefix!r}")
+    return client, prefix
 
 
 def _client(url: str, socket_timeout: float) -> tuple[redis_lib.Redis, str | None]:
@@ -222,32 +236,58 @@ def _client(url: str, socket_timeout: float) -> tuple[redis_lib.Redis, str | Non
     parts = urlsplit(url)
     params = parse_qsl(parts.query, keep_blank_values=True)
     prefix = next((v for k, v in params if k == "prefix"), None)
-    rest = [(k, v) for k, v in params if k != "prefix"]
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     # redis-py's default is ten retries with backoff (seconds of blocking); the caller degrades instead.
+    # On a cluster this is the client's retry; its per-node connections never retry.
     fail_fast: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
                                  "retry": Retry(NoBackoff(), 0)}
     if parts.scheme.lower() != "redis+cluster":
-        clean = urlunsplit(parts._replace(query=urlencode(rest)))
+        clean = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in params if k != "prefix"])))
         return redis.Redis.from_url(clean, **fail_fast), prefix
-    if prefix is not None and ("{" in prefix or "}" in prefix):
-        # The slot of a key is that of its first {...}: a brace in the prefix would put every key of
-        # every budget in one slot, or split one budget's keys over several and break its scripts.
-        raise ConfigError(f"ledger {url!r}: a Redis Cluster key prefix cannot contain {{ or }}")
-    if rest:
-        raise ConfigError(f"ledger {url!r}: a redis+cluster:// URL takes no options but ?prefix=")
+    problem = ledger_url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"ledger {url!r}: {problem}")
     from redis import cluster
 
     credentials, _, hosts = parts.netloc.rpartition("@")
     user, _, password = credentials.partition(":")
     node: Any = cluster.ClusterNode  # untyped in redis-py
-    nodes = [node(host, int(port)) for host, _, port in (n.rpartition(":") for n in hosts.split(",") if n)]
-    # A RedisCluster answers every command the stores send exactly as a Redis does.
-    client: Any = cluster.RedisCluster(startup_nodes=nodes, username=unquote(user) or None,
-                                       password=unquote(password) or None, **fail_fast)
+    nodes = [node(host.strip("[]"), int(port)) for host, _, port in (n.rpartition(":") for n in hosts.split(","))]
+    client: Any = _LazyCluster(lambda: cluster.RedisCluster(
+        startup_nodes=nodes, username=unquote(user) or None, password=unquote(password) or None, **fail_fast))
     return client, prefix
+
+
+class _LazyCluster:
+    """A ``RedisCluster``, made on first use. Its constructor fetches the slot map and raises when no
+    node answers, where a ``Redis`` connects only when used: opening a cluster ledger must not fail
+    either (the first operation fails instead, and counters degrade, the writer retries). It answers
+    every command the stores send as a ``Redis`` does. No lock: racing first uses each build a client
+    and one is kept, and a fork can never inherit a held lock."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+
+    def _connected(self) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connected(), name)
+
+    def register_script(self, script: str) -> Any:
+        from redis.commands.core import Script
+
+        client: Any = self  # Script only calls the client's evalsha and script_load
+        return Script(client, script.encode())  # bytes: Script needs no encoder, so nothing connects yet
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def _ttl(ttl_s: int | None) -> str:

@@ -11,7 +11,7 @@ Shared by the config model (so ``check-config`` and start-up report ``file:line:
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = ["SCHEMES", "ledger_url_problem"]
 
@@ -53,5 +53,11 @@ def ledger_url_problem(url: str) -> str | None:
                 return f"node {node!r}: give HOST:PORT with a port from 1 to 65535"
         if parts.path.strip("/") not in ("", "0"):
             return "a Redis Cluster has only database 0"
+        params = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k != "prefix" for k, _ in params):
+            return "a redis+cluster:// URL takes no options but ?prefix="
+        if any("{" in v or "}" in v for _, v in params):
+            # Every counter key's hash tag follows the prefix; a brace would move or void it.
+            return "a Redis Cluster key prefix cannot contain { or }"
         return None
     return "must start with memory://, sqlite:///PATH, redis://HOST:PORT/DB or redis+cluster://HOST:PORT,..."
