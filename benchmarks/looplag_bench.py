@@ -66,6 +66,16 @@ def _lag_summary(values_ns: Sequence[int]) -> dict[str, float]:
             "max_us": max(values_ns) / 1e3}
 
 
+def _wait_summary(steps_ns: Sequence[int], cpu_ns: Sequence[int]) -> dict[str, float]:
+    """Per step, wall time the loop thread spent not running (wall - its CPU): waiting for the GIL
+    while another thread ran, or for the machine (a VM's host, interrupts), which plain shows alone."""
+    waits = sorted(w - c for w, c in zip(steps_ns, cpu_ns, strict=True))
+    if not waits:
+        return {"n": 0}
+    return {"n": len(waits), "p99_us": percentile(waits, 99) / 1e3, "p999_us": percentile(waits, 99.9) / 1e3,
+            "max_us": waits[-1] / 1e3, "over_1ms": sum(1 for w in waits if w > 1_000_000)}
+
+
 class _StepTimer:
     """Times every callback the event loop runs (``Handle._run``), while recording: wall time, and
     the loop thread's own CPU time (the difference is waiting: for I/O, or for the GIL while
@@ -157,6 +167,7 @@ def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
     return {"case": case, "what": CASES[case][0], "seconds": timed_s, "batches": batches, "calls": calls,
             "calls_per_s": calls / timed_s if timed_s else 0.0, "concurrency": concurrency, "latency_s": latency_s,
             "lag": _lag_summary(lags), "step": _lag_summary(timer.steps), "step_cpu": _lag_summary(timer.cpu),
+            "step_wait": _wait_summary(timer.steps, timer.cpu),
             "steps_over_1ms": sum(1 for d in timer.steps if d > 1_000_000),
             "steps_over_slow_reply": sum(1 for d in timer.steps if d >= SLOW_REPLY_S * 1e9), "facts": facts}
 

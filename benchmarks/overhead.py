@@ -8,7 +8,10 @@ frequency, page cache or the loopback server hits every variant equally.
 The first round of each surface is a warm-up and is discarded.
 
 Overhead of a variant = its median − the plain SDK's median on the same surface
-and transport, from all kept samples.
+and transport, from all kept samples. Each kept round's median per variant is kept
+too (``round_medians_us``, aligned by round across the variants of a surface): the
+machine's speed drifts between rounds, and :func:`benchmarks.stats.paired_ratio`
+compares variants round by round to cancel it. Hence many short rounds.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .stats import summarize
+from .stats import median, summarize
 from .variants import PEER_PATH_ENV, VARIANTS, Variant, availability
 from .worker import TAG
 
@@ -37,9 +40,12 @@ class Counts:
     per_round: dict[str, int]
 
 
-FULL = Counts(rounds=10, per_round={
-    "chat": 250, "chat_stream_1": 250, "chat_stream_100": 30, "embeddings": 250,
-    "async_chat_100": 5, "chat_loopback": 100, "dashscope": 250, "dashscope_stream_100": 60,
+# 40 rounds give the per-round bootstrap a useful interval; units per round are about a quarter
+# of what 10 rounds had, so the calls per cell stay as they were. A round costs each worker a
+# fixed ~75 ms (its gc.collect and the pipe) on top: about 15 s more per variant than 10 rounds.
+FULL = Counts(rounds=40, per_round={
+    "chat": 60, "chat_stream_1": 60, "chat_stream_100": 8, "embeddings": 60,
+    "async_chat_100": 1, "chat_loopback": 25, "dashscope": 60, "dashscope_stream_100": 15,
 })
 QUICK = Counts(rounds=2, per_round={
     "chat": 5, "chat_stream_1": 5, "chat_stream_100": 2, "embeddings": 5,
@@ -100,7 +106,7 @@ class Worker:
 @dataclass
 class OverheadResult:
     variants: list[dict[str, Any]] = field(default_factory=list)
-    # surface -> variant -> summary (median_us, p95_us, n, overhead_us) or {"unavailable": reason}
+    # surface -> variant -> summary (median_us, p95_us, n, overhead_us, round_medians_us) or {"unavailable": reason}
     surfaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -134,6 +140,7 @@ def run_overhead(counts: Counts, redis_url: str | None, loopback_url: str | None
         for surface, n in counts.per_round.items():
             names = [name for name in workers if surface in by_name[name].surfaces]
             samples: dict[str, list[int]] = {name: [] for name in names}
+            round_medians: dict[str, list[float]] = {name: [] for name in names}
             errors: dict[str, str] = {}
             for rnd in range(counts.rounds + 1):  # round 0 = warm-up
                 k = rnd % max(1, len(names))
@@ -145,7 +152,8 @@ def run_overhead(counts: Counts, redis_url: str | None, loopback_url: str | None
                         errors[name] = str(reply.get("error", "failed"))[:300]
                     elif rnd > 0:
                         samples[name].extend(reply["ns"])
-            result.surfaces[surface] = _summaries(surface, samples, errors, variants, by_name)
+                        round_medians[name].append(median(reply["ns"]) / 1e3)
+            result.surfaces[surface] = _summaries(surface, samples, round_medians, errors, variants, by_name)
             log(f"  surface {surface}: done ({time.perf_counter() - started:.0f} s)")
     finally:
         by_variant = {v["name"]: v for v in result.variants}
@@ -157,8 +165,9 @@ def run_overhead(counts: Counts, redis_url: str | None, loopback_url: str | None
     return result
 
 
-def _summaries(surface: str, samples: dict[str, list[int]], errors: dict[str, str],
-               variants: Sequence[Variant], by_name: dict[str, Variant]) -> dict[str, dict[str, Any]]:
+def _summaries(surface: str, samples: dict[str, list[int]], round_medians: dict[str, list[float]],
+               errors: dict[str, str], variants: Sequence[Variant],
+               by_name: dict[str, Variant]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     plain = summarize(samples["plain"]) if samples.get("plain") else None
     for v in variants:
@@ -170,6 +179,7 @@ def _summaries(surface: str, samples: dict[str, list[int]], errors: dict[str, st
             out[v.name] = {"unavailable": "variant unavailable"}
         else:
             s: dict[str, Any] = summarize(samples[v.name])
+            s["round_medians_us"] = round_medians[v.name]
             if plain is not None:
                 s["overhead_us"] = s["median_us"] - plain["median_us"]
                 s["overhead_p95_us"] = s["p95_us"] - plain["p95_us"]

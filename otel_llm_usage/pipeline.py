@@ -33,6 +33,7 @@ from typing import Protocol, runtime_checkable
 from ._blocking import WouldBlock
 from ._fork import reset_after_fork
 from ._guard import internal_error
+from ._pacing import Pacer
 from .errors import BudgetExceeded
 from .usage import UsageRecord
 
@@ -76,6 +77,7 @@ class PreCallStage(Protocol):
 
 _BATCH_DELAY_S = 0.01
 _MAX_PENDING = 1000
+_SHARE = 2  # records a producer processes itself past _MAX_PENDING
 
 
 def _run_stages(stages: list[Stage], record: UsageRecord) -> None:
@@ -106,9 +108,11 @@ class _Deferred:
             return
         self.pending.append(record)
         if len(self.pending) > _MAX_PENDING:
-            # Back-pressure: a producer outpacing the worker does its own share, so the queue (and
-            # the work a metric collection may have to drain) stays bounded and nothing is dropped.
-            self.drain()
+            # Back-pressure: a producer outpacing the worker does its own share and one record
+            # more, so the queue (and the work a metric collection may have to drain) shrinks and
+            # nothing is dropped, while no single call pays for the whole backlog (draining 1000
+            # records on the calling thread held an event loop for ~100 ms).
+            self.drain(limit=_SHARE)
             return
         # Lock-free unless the worker is idle. No wake-up is lost: the worker clears the flag
         # *before* draining, so a record appended before this check is drained either way.
@@ -125,23 +129,36 @@ class _Deferred:
 
     def run(self) -> None:
         stopped = self.stopped
+        pacer = Pacer()
         while not stopped.is_set():
             if self.wake.wait(self.idle_wait):
                 # Let records gather for a moment: one wake-up (and one GIL hand-over) per batch
                 # rather than per call. The flag stays set meanwhile, so producers skip set().
                 stopped.wait(_BATCH_DELAY_S)
             self.wake.clear()
-            self.drain()
+            pacer.restart()
+            self.drain(pacer=pacer)
 
-    def drain(self, timeout: float = -1) -> bool:
-        """Process every queued record on this thread, after any drain in progress elsewhere.
-        ``False`` only when ``timeout`` passed before the lock was free."""
+    def drain(self, timeout: float = -1, pacer: Pacer | None = None, limit: int | None = None) -> bool:
+        """Process every queued record on this thread (at most ``limit``), after any drain in progress
+        elsewhere. ``False`` only when ``timeout`` passed before the lock was free. The worker passes
+        its ``pacer`` and lets the host's threads run now and then; a reader draining on its own
+        thread does not pause."""
         if not self.lock.acquire(timeout=timeout):
             return False
         try:
             pending = self.pending
-            while pending:
+            left = -1 if limit is None else limit
+            while pending and left != 0:
+                left -= 1
                 _run_stages(self.stages, pending.popleft())
+                if pacer is not None and pending and pacer.due():
+                    # Paused without the lock: a reader that drains meanwhile takes over the rest.
+                    self.lock.release()
+                    try:
+                        pacer.pause()
+                    finally:
+                        self.lock.acquire()
             return True
         finally:
             self.lock.release()

@@ -586,3 +586,29 @@ def test_runtime_purges_records_past_retention_at_start(tmp_path: Path) -> None:
         assert kept.timestamp == pytest.approx(now - 10 * 86_400)
     finally:
         runtime.shutdown()
+
+
+def test_sqlite_append_sends_rows_in_multi_row_statements_and_keeps_every_field(tmp_path: Path) -> None:
+    """One ``sqlite3_step`` per row (``executemany``) hands the GIL over once per row, and on a busy host
+    thread each hand-back waits up to the interpreter's switch interval: a 500-record batch cost the
+    calling threads ~500 forced switches. Rows go in ``ROWS_PER_INSERT`` at a time instead."""
+    from otel_llm_usage.ledger.sqlite import ROWS_PER_INSERT
+
+    store = SqliteRecordStore(tmp_path / "m.db")
+    try:
+        store.append([make_record(0)])  # opens the connection
+        inserts: list[str] = []
+        store._db._conn.set_trace_callback(  # type: ignore[union-attr]
+            lambda sql: inserts.append(sql) if sql.lstrip().upper().startswith("INSERT") else None)
+        n = 2 * ROWS_PER_INSERT + 7
+        batch = [make_record(i, ts=1_700_000_000.123456789 + i / 7) for i in range(n)]
+        batch.append(dataclasses.replace(batch[5], user="a duplicate id in the same batch"))
+        store.append(batch)
+        assert len(inserts) == 3  # two full statements and one of the remaining 8 rows
+        got = {r.record_id: r for r in store.query(RecordQuery())}
+        assert len(got) == 1 + n  # the duplicate id is ignored, as a retried batch's rows are
+        for rec in batch[:n]:
+            assert dataclasses.asdict(got[rec.record_id]) == dataclasses.asdict(
+                dataclasses.replace(rec, request_params={"enable_thinking": True, "thinking": {"type": "on"}}))
+    finally:
+        store.close()

@@ -10,6 +10,8 @@ import textwrap
 import threading
 from pathlib import Path
 
+import pytest
+
 from otel_llm_usage.ledger import RecordQuery, SqliteRecordStore
 from otel_llm_usage.pipeline import Pipeline
 from otel_llm_usage.usage import UsageRecord
@@ -100,6 +102,31 @@ def test_a_producer_outpacing_the_worker_is_held_back_not_dropped() -> None:
         assert len(slow.records) == 5001
     finally:
         gate.set()
+        pipeline.shutdown()
+
+
+def test_past_the_bound_a_producer_does_a_small_share_not_the_whole_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draining the whole backlog on the calling thread held an event loop for ~100 ms once the queue
+    reached its bound; a call now processes its own share and one record more."""
+    from otel_llm_usage import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module._Deferred, "start", lambda self: None)  # no worker: the queue only grows
+    seen = Seen()
+    pipeline = Pipeline([], deferred=[seen])
+    try:
+        bound = pipeline_module._MAX_PENDING
+        recs = [record(i) for i in range(bound + 3)]
+        for rec in recs[:bound]:
+            pipeline.submit(rec)
+        assert seen.records == [] and pipeline.pending == bound
+        # Each call that brings the queue past the bound processes the two oldest records itself.
+        for rec, processed, pending in zip(recs[bound:], (2, 2, 4), (bound - 1, bound, bound - 1), strict=True):
+            pipeline.submit(rec)
+            assert seen.records == recs[:processed] and pipeline.pending == pending
+        assert seen.threads == {threading.current_thread().name}
+        assert pipeline.drain(10)
+        assert seen.records == recs  # nothing lost, in submission order
+    finally:
         pipeline.shutdown()
 
 

@@ -5,7 +5,7 @@
 
     db = SqliteDatabase("/var/lib/myapp/llm-usage.db")     # or default_sqlite_path()
     records, counters = SqliteRecordStore(db), SqliteCounterStore(db)
-    records.append(batch)                                  # one transaction, executemany
+    records.append(batch)                                  # one transaction, 100 rows per INSERT
     counters.try_reserve(["b:day:2024-06-01"], "b:inflight", Amount(0, 500), Limit(tokens=10_000), 86_400)
     records.close(); counters.close()                      # the file closes with its last store
 
@@ -95,7 +95,19 @@ CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, expires_at REAL) WITHOUT
 """
 assert len(COLUMNS) == 27  # the CREATE TABLE above lists the same columns in the same order
 
-_INSERT = f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+# Rows per INSERT statement: executemany runs one sqlite3_step per row, and each step hands the GIL
+# over and back; on a host whose threads keep the interpreter busy every hand-back waits for the
+# switch interval (5 ms), so a 500-record batch meant ~500 forced switches of the host's threads.
+# Bounded by SQLite's host-parameter limit (999 before 3.32.0, 32766 since).
+ROWS_PER_INSERT = min(100, (32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999) // len(COLUMNS))
+_ROW = f"({', '.join('?' * len(COLUMNS))})"
+
+
+def _insert(rows: int) -> str:
+    return f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
+
+
+_INSERT_FULL = _insert(ROWS_PER_INSERT)
 _UPSERT_COUNTER = (
     "INSERT INTO counters (key, cost_nanos, tokens, expires_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT(key) DO UPDATE SET cost_nanos = excluded.cost_nanos, tokens = excluded.tokens, "
@@ -310,9 +322,14 @@ class SqliteRecordStore:
     def append(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        rows = [to_row(r) for r in records]  # built before taking the lock: keep the write short
+        # Built before taking the lock: keep the write short.
+        rows = [to_row(r) for r in records]
+        statements = [(_INSERT_FULL if len(part) == ROWS_PER_INSERT else _insert(len(part)),
+                       [value for row in part for value in row])
+                      for part in (rows[i:i + ROWS_PER_INSERT] for i in range(0, len(rows), ROWS_PER_INSERT))]
         with self._db.transaction() as conn:
-            conn.executemany(_INSERT, rows)
+            for sql, values in statements:
+                conn.execute(sql, values)
 
     @property
     def unwritable(self) -> str | None:

@@ -3,7 +3,7 @@
 
 ::
 
-    writer = LedgerWriter(SqliteRecordStore(path), batch_size=500, flush_interval=1.0)
+    writer = LedgerWriter(SqliteRecordStore(path), batch_size=64, flush_interval=1.0)
     pipeline.add(writer)            # writer.process(record) for every call
     writer.flush(timeout=5)         # True once everything queued so far is written
     writer.close()                  # flush and stop (also runs at interpreter exit)
@@ -12,7 +12,9 @@ How it behaves:
 
 * ``process`` appends to a ``collections.deque`` and returns: no lock, no I/O. The deque is
   drained by one daemon thread that writes ``batch_size`` records per ``store.append`` and
-  wakes when a batch is full or ``flush_interval`` has passed.
+  wakes when a batch is full or ``flush_interval`` has passed. Batches are small (64) and the
+  thread paces itself between them (:mod:`otel_llm_usage._pacing`): serializing 500 records
+  at once held the GIL for ~5 ms, and an event loop of the host waited that long.
 * A failing ``append`` keeps its batch, counts ``failures``, logs once via ``internal_error``
   and retries with exponential backoff (``retry_initial`` doubling up to ``retry_max``)
   until the store is back; stores ignore a record id they already have, so a retried batch
@@ -57,6 +59,7 @@ from collections.abc import Callable, Sequence
 
 from .._fork import reset_after_fork
 from .._guard import internal_error
+from .._pacing import Pacer
 from ..usage import UsageRecord
 from .base import RecordStore
 
@@ -216,6 +219,7 @@ class _State:
         backoff = 0.0  # current retry delay; 0.0 while the store is healthy
         retry_at = 0.0  # monotonic time of the next attempt after a failure
         closing_seen = False
+        pacer = Pacer()
         while True:
             self._drain()
             if self.abandon:
@@ -230,6 +234,7 @@ class _State:
             if self.buffer and time.monotonic() >= retry_at:
                 if self._write():
                     backoff = 0.0
+                    pacer.pace()
                     continue
                 backoff = min(self.retry_max, backoff * 2 or self.retry_initial)
                 retry_at = time.monotonic() + (min(backoff, 0.1) if self.stopping else backoff)
@@ -239,6 +244,7 @@ class _State:
             timeout = max(0.0, retry_at - time.monotonic()) if self.buffer else self.flush_interval
             with contextlib.suppress(queue.Empty):
                 self.wakeups.get(timeout=timeout)
+            pacer.restart()
 
     def _write(self) -> bool:
         """Write the oldest batch; ``False`` (batch kept) if the store failed."""
@@ -297,7 +303,7 @@ class LedgerWriter:
     """A pipeline stage that hands records to a :class:`~otel_llm_usage.ledger.base.RecordStore` in
     batches on a daemon thread. It does not close the store: whoever opened it does."""
 
-    def __init__(self, store: RecordStore, *, batch_size: int = 500, flush_interval: float = 1.0,
+    def __init__(self, store: RecordStore, *, batch_size: int = 64, flush_interval: float = 1.0,
                  max_buffer: int = 100_000, retry_initial: float = 0.5, retry_max: float = 30.0,
                  close_timeout: float = 10.0, on_dropped: DropSink | None = None) -> None:
         self.store = store

@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Background threads of the plugin hand the interpreter back to the host's threads often.
+
+A thread that wants the GIL while another runs Python waits for the interpreter's switch
+interval (5 ms by default) before it may force a switch. A pipeline worker pricing and
+settling a burst of records would so hold an asyncio event loop for up to 5 ms at a time,
+however short each record is. Our background loops call :meth:`Pacer.pace` between items of
+work instead: past :data:`SLICE_S` of running it sleeps :data:`PAUSE_S`, and the sleep
+releases the GIL long enough for a waiting thread to take it. (``time.sleep(0)`` would not:
+it releases and retakes the GIL before a waiter has woken up.) The cost is a pause of
+``PAUSE_S`` per ``SLICE_S`` of background work, paid by the background thread alone.
+::
+
+    pacer = Pacer()
+    for record in batch:
+        process(record)
+        pacer.pace()
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["PAUSE_S", "SLICE_S", "Pacer"]
+
+#: The longest a background thread runs before it lets a waiting thread have the interpreter.
+SLICE_S = 0.0005
+#: Long enough for a thread woken by the release to take the GIL (a futex wake-up is ~10-50 us).
+PAUSE_S = 0.0001
+
+
+class Pacer:
+    """Times one background thread's slice; not shared between threads."""
+
+    __slots__ = ("_since", "pauses")
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+        self.pauses = 0
+
+    def restart(self) -> None:
+        """Start a new slice, e.g. after the thread has waited for work (the wait released the GIL)."""
+        self._since = time.perf_counter()
+
+    def due(self) -> bool:
+        return time.perf_counter() - self._since >= SLICE_S
+
+    def pause(self) -> None:
+        time.sleep(PAUSE_S)
+        self.pauses += 1
+        self._since = time.perf_counter()
+
+    def pace(self) -> None:
+        if self.due():
+            self.pause()
