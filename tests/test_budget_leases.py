@@ -38,9 +38,11 @@ TTL = 3600
 class Shared:
     """A shared store as a second process sees it: its own connection, no lease of its own."""
 
-    def __init__(self, make: Callable[[], CounterStore], server: RedisServer | None = None) -> None:
+    def __init__(self, make: Callable[[], CounterStore], server: RedisServer | None = None, *,
+                 kind: str = "redis", where: str = "") -> None:
         self.make = make
         self.server = server
+        self.kind, self.where = kind, where  # for another interpreter: "sqlite" and a path, or "redis" and a URL
         self.reader = make()
 
     def totals(self) -> tuple[Amount, Amount]:
@@ -54,18 +56,18 @@ class Shared:
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shared]:
     if request.param == "sqlite":
         path = tmp_path / "c.db"
-        yield Shared(lambda: SqliteCounterStore(path))
+        yield Shared(lambda: SqliteCounterStore(path), kind="sqlite", where=str(path))
         return
     from otel_llm_usage.ledger.redis import RedisCounterStore
 
     if request.param == "cluster":
         url: str = request.getfixturevalue("redis_cluster_url")
-        yield Shared(lambda: RedisCounterStore(url))
+        yield Shared(lambda: RedisCounterStore(url), where=url)
         return
     server = RedisServer(require_binary("redis-server"), tmp_path, persistence="aof")
     server.start()
     try:
-        yield Shared(lambda: RedisCounterStore(server.url), server)
+        yield Shared(lambda: RedisCounterStore(server.url), server, where=server.url)
     finally:
         server.stop()
 
@@ -190,7 +192,9 @@ def test_refusal_at_the_limit_is_the_stores_and_the_overshoot_stays_under_one_re
         leased.close()
     used, inflight = shared.totals()
     assert (used, inflight) == (Amount(0, admitted * 100), Amount())
-    assert admitted == 11  # 1050 tokens: the 11th call starts below the limit, the 12th does not
+    # 1050 tokens: the 11th call starts below the limit, the 12th does not. (Once, under the full suite's
+    # load on the cluster, 10: the figures below say whether the store degraded or refused locally.)
+    assert admitted == 11, (leased.stats, leased.degraded_by_op)
     assert 0 <= used.tokens - limit.tokens < RES.tokens
 
 
@@ -491,3 +495,103 @@ def test_a_cluster_prefix_with_a_brace_is_refused_and_keys_stay_in_their_instanc
             store.read(["daily|all|day"], "monthly|all|day|inflight")  # untagged keys would not work
     finally:
         store.close()
+
+
+# --- holders: a lease nobody renews goes back to the budget ---------------------------------------
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_holder_leases_follow_the_shared_arithmetic(shared: Shared, seed: int) -> None:
+    """With holders: each releases at most what it holds, on every store exactly as ``_counting``."""
+    import random
+
+    from otel_llm_usage.ledger import MemoryCounterStore
+    from otel_llm_usage.ledger.base import Holder
+
+    rng = random.Random(seed)
+    mem, store = MemoryCounterStore(), shared.make()
+    holders = [None, Holder("h1", 600.0), Holder("h2", 600.0)]
+    limit = Limit(cost_nanos=9_000_000, tokens=8_000)
+    try:
+        for _ in range(300):
+            a = Amount(rng.randrange(0, 20_000), rng.randrange(0, 300))
+            b = Amount(rng.randrange(0, 20_000), rng.randrange(0, 300))
+            holder, op, share = rng.choice(holders), rng.choice(["lease", "release", "settle"]), rng.choice([0.0, 0.1])
+            results = []
+            for s in (mem, store):
+                if op == "lease":
+                    results.append(s.lease(USED, INFLIGHT, a, Amount(), share, limit, TTL, holder))
+                elif op == "release":
+                    results.append(s.lease(USED, INFLIGHT, Amount(), a, share, limit, TTL, holder))
+                else:
+                    results.append(s.settle_and_read(USED[0], INFLIGHT, a, b, TTL, USED, holder))
+            assert results[0] == results[1], (op, holder, a, b, share)
+    finally:
+        store.close()
+
+
+def test_a_holders_lease_expires_and_is_taken_out_once(shared: Shared) -> None:
+    from otel_llm_usage.ledger.base import Holder
+
+    store = shared.make()
+    quick, steady = Holder("quick", 1.0), Holder("steady", 600.0)
+    try:
+        assert store.lease(USED, INFLIGHT, Amount(0, 300), Amount(), 0.0, LIMIT, TTL, quick)[0] == Amount(0, 300)
+        assert store.lease(USED, INFLIGHT, Amount(0, 200), Amount(), 0.0, LIMIT, TTL, steady)[0] == Amount(0, 200)
+        store.try_reserve(USED, INFLIGHT, Amount(0, 50), LIMIT, TTL)  # a call without a lease holds 50
+        assert shared.totals() == (Amount(), Amount(0, 550))
+        time.sleep(1.2)  # "quick" said nothing for longer than its TTL
+        assert shared.totals() == (Amount(), Amount(0, 550))  # a read takes nothing out...
+        # ...the next lease request of anyone does: 550 - 300, and "steady" renews its own 200.
+        assert store.lease(USED, INFLIGHT, Amount(), Amount(), 0.0, LIMIT, TTL, steady)[2] == Amount(0, 250)
+        assert shared.totals() == (Amount(), Amount(0, 250))
+        # "quick" comes back: its usage counts, its release takes out nothing more (it holds nothing).
+        store.settle_and_read(USED[0], INFLIGHT, Amount(0, 300), Amount(0, 280), TTL, USED, quick)
+        assert store.lease(USED, INFLIGHT, Amount(), Amount(0, 300), 0.0, LIMIT, TTL, quick)[2] == Amount(0, 250)
+        assert shared.totals() == (Amount(0, 280), Amount(0, 250))
+        # "steady" hands back more than it holds: only its 200 leave.
+        store.lease(USED, INFLIGHT, Amount(), Amount(0, 10_000), 0.0, LIMIT, TTL, steady)
+        assert shared.totals() == (Amount(0, 280), Amount(0, 50))
+    finally:
+        store.close()
+
+
+_KILLED = """
+import os, signal, sys
+from otel_llm_usage.ledger import Amount, FailOpenCounterStore, LeasedCounterStore, Limit, SqliteCounterStore
+from otel_llm_usage.ledger.redis import RedisCounterStore
+kind, where = sys.argv[1], sys.argv[2]
+primary = SqliteCounterStore(where) if kind == "sqlite" else RedisCounterStore(where)
+leased = LeasedCounterStore(FailOpenCounterStore(primary), share=0.1, ttl_s=0.3, flush_interval=3600)
+assert leased.try_reserve(["{b|all}|day"], "{b|all}|day|inflight", Amount(0, 100), Limit(tokens=10_000), 3600)[0]
+print("leased", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_lease_of_a_killed_process_goes_back_to_the_budget(shared: Shared, tmp_path: Path) -> None:
+    """SIGKILL: no exit hook hands the lease back. Once its holder TTL (3 x ttl_s) has passed, the
+    next lease request of a live process takes it out of the in-flight total."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", _KILLED, shared.kind, shared.where], capture_output=True,
+                           text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL and child.stdout == "leased\n", child.stderr
+    assert shared.totals() == (Amount(), Amount(0, 1000))  # 10 % of 10 000, held for a dead process
+    leased = shared.leased(share=0.1, ttl_s=0.3, flush_interval=3600)
+    try:
+        assert leased.try_reserve(USED, INFLIGHT, RES, LIMIT, TTL)[0]  # before the TTL: both leases held
+        assert shared.totals() == (Amount(), Amount(0, 1000 + 900))
+        time.sleep(1.0)  # past the dead holder's 0.9 s, and past this live one's own local 0.72 s
+        assert leased.try_reserve(USED, INFLIGHT, RES, LIMIT, TTL)[0]
+        # The dead 1000 are out; this process's stale 900 were handed back whole and 10 % of the
+        # 10 000 that remained re-granted (its first call's 100 is no longer held on the store).
+        assert shared.totals() == (Amount(), Amount(0, 1000))
+        assert leased.stats.waits == 2
+        for _ in range(2):
+            leased.settle(USED[0], INFLIGHT, RES, ACTUAL, TTL)
+    finally:
+        leased.close()
+    assert shared.totals() == (Amount(0, 2 * 60), Amount())

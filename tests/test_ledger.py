@@ -347,7 +347,7 @@ def test_failopen_probes_at_most_once_per_interval() -> None:
     clock.advance(5)
     store.add("k", Amount(1, 1), None)
     assert calls == 2  # the probe (its replay failed, so the op itself was answered locally)
-    assert store.pending() == {("k", None): (Amount(), Amount(101, 101), None)}
+    assert store.pending() == {("k", None, None): (Amount(), Amount(101, 101), None)}
 
 
 # --- records ----------------------------------------------------------------------------------------

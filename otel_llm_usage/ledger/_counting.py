@@ -7,6 +7,11 @@ A backend supplies atomicity (a lock, a transaction) and a view; the rules live 
         return reserve(view, used_keys, inflight_key, reservation, limit, ttl_s)
 
 Memory and SQLite use these functions; Redis states the same rules in Lua (one round trip).
+
+Leases with a :class:`~.base.Holder`: beside the in-flight total the view keeps each holder's lease
+and when it expires. Every holder-aware operation first takes the leases of expired holders out of
+the in-flight total (:func:`_claim`), releases at most what the asking holder still holds (a lease
+taken away meanwhile is not taken out twice) and restarts the holder's expiry.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .base import Amount, Limit
+from .base import Amount, Holder, Limit
 
 __all__ = ["CounterView", "add", "lease", "lease_grant", "read", "reserve", "settle", "settle_and_read"]
+
+_ZERO = Amount()
 
 
 class CounterView(Protocol):
@@ -27,6 +34,48 @@ class CounterView(Protocol):
     def put(self, key: str, value: Amount, ttl_s: int | None) -> None:
         """Store ``value``; a TTL restarts the expiry, ``None`` keeps the key's current one."""
         ...
+
+    def now(self) -> float:
+        """The store's clock (seconds), which holder expiries are compared with."""
+        ...
+
+    def holders(self, inflight_key: str) -> dict[str, tuple[Amount, float]]:
+        """Every holder's lease on ``inflight_key`` and when it expires, expired ones included."""
+        ...
+
+    def put_holder(self, inflight_key: str, holder_id: str, value: Amount, expires_at: float,
+                   ttl_s: int | None) -> None:
+        """Store a holder's lease (``value`` zero: forget the holder); ``ttl_s`` as for ``put``."""
+        ...
+
+
+def _floor0(a: Amount) -> Amount:
+    return Amount(max(0, a.cost_nanos), max(0, a.tokens))
+
+
+def _min(a: Amount, b: Amount) -> Amount:
+    return Amount(min(a.cost_nanos, b.cost_nanos), min(a.tokens, b.tokens))
+
+
+def _claim(view: CounterView, inflight_key: str, holder: Holder | None,
+           ttl_s: int | None) -> tuple[Amount, Amount, bool]:
+    """(in-flight with the leases of expired holders taken out, what ``holder`` holds, whether the
+    in-flight total changed). Expired holders are forgotten."""
+    inflight, mine, changed = view.get(inflight_key), _ZERO, False
+    entries = view.holders(inflight_key)
+    if entries:
+        now = view.now()
+        for holder_id, (held, expires_at) in entries.items():
+            if expires_at <= now:
+                inflight, changed = _floor0(inflight - held), True
+                view.put_holder(inflight_key, holder_id, _ZERO, 0.0, ttl_s)
+            elif holder is not None and holder_id == holder.id:
+                mine = held
+    return inflight, mine, changed
+
+
+def _hold(view: CounterView, inflight_key: str, holder: Holder, held: Amount, ttl_s: int | None) -> None:
+    view.put_holder(inflight_key, holder.id, held, view.now() + holder.ttl_s, ttl_s)
 
 
 def _used(view: CounterView, used_keys: Sequence[str]) -> Amount:
@@ -65,33 +114,46 @@ def lease_grant(limit: Limit, used: Amount, inflight: Amount, need: Amount, shar
 
 
 def lease(view: CounterView, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount,
-          share: float, limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+          share: float, limit: Limit, ttl_s: int | None,
+          holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
     """Take back ``release`` (the asking process's unused lease, so its own leftovers never count
     against it) from ``inflight_key``, then grant a lease (:func:`lease_grant`) and hold it there.
-    Returns (granted, used, inflight after the release, before the grant); a zero grant with
-    ``used + inflight`` at the limit means refused."""
+    With a ``holder``: expired holders' leases are taken out first, at most what ``holder`` holds
+    is released, and the grant is added to what it holds, with a new expiry. Returns (granted,
+    used, inflight after the release, before the grant); a zero grant with ``used + inflight`` at
+    the limit means refused."""
     used = _used(view, used_keys)
-    inflight = view.get(inflight_key)
-    if release != Amount():
-        left = inflight - release
-        inflight = Amount(max(0, left.cost_nanos), max(0, left.tokens))
+    inflight, mine, changed = _claim(view, inflight_key, holder, ttl_s)
+    if holder is not None:
+        release = _min(release, mine)
+    if release != _ZERO:
+        inflight, mine, changed = _floor0(inflight - release), _floor0(mine - release), True
     granted = lease_grant(limit, used, inflight, need, share)
-    if granted != Amount() or release != Amount():
+    if granted != _ZERO or changed:
         view.put(inflight_key, inflight + granted, ttl_s)
+    if holder is not None:
+        _hold(view, inflight_key, holder, mine + granted, ttl_s)
     return granted, used, inflight
 
 
 def settle(view: CounterView, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-           ttl_s: int | None) -> None:
-    left = view.get(inflight_key) - reserved
-    view.put(inflight_key, Amount(max(0, left.cost_nanos), max(0, left.tokens)), ttl_s)  # never below zero
+           ttl_s: int | None, holder: Holder | None = None) -> None:
+    if holder is None:
+        inflight = _floor0(view.get(inflight_key) - reserved)  # never below zero
+    else:  # out of the holder's lease, at most what it still holds
+        inflight, mine, _ = _claim(view, inflight_key, holder, ttl_s)
+        reserved = _min(reserved, mine)
+        inflight = _floor0(inflight - reserved)
+        _hold(view, inflight_key, holder, _floor0(mine - reserved), ttl_s)
+    view.put(inflight_key, inflight, ttl_s)
     view.put(bucket_key, view.get(bucket_key) + actual, ttl_s)
 
 
 def settle_and_read(view: CounterView, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-                    ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+                    ttl_s: int | None, used_keys: Sequence[str],
+                    holder: Holder | None = None) -> tuple[Amount, Amount]:
     """:func:`settle`, then :func:`read` of the totals the budget thresholds need, in one view."""
-    settle(view, bucket_key, inflight_key, reserved, actual, ttl_s)
+    settle(view, bucket_key, inflight_key, reserved, actual, ttl_s, holder)
     return read(view, used_keys, inflight_key)
 
 

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from ..usage import UsageRecord
 
-__all__ = ["INT64_MAX", "NANOS", "Amount", "CounterStore", "RecordQuery", "RecordStore", "from_nanos",
+__all__ = ["INT64_MAX", "NANOS", "Amount", "CounterStore", "Holder", "RecordQuery", "RecordStore", "from_nanos",
            "saturated", "to_nanos"]
 
 NANOS = Decimal("1e9")
@@ -73,6 +73,18 @@ class Limit:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a lease, for how long without news: a process of the fleet.
+
+    The store keeps each holder's lease beside the in-flight total, and a holder that has not
+    touched it for ``ttl_s`` seconds (it was killed, or lost the store) loses it: the next lease
+    request of anyone takes it out of the in-flight total. ``id`` is unique per process."""
+
+    id: str
+    ttl_s: float
+
+
 @runtime_checkable
 class CounterStore(Protocol):
     """Budget counters. ``used_keys`` are the window's bucket keys (one for calendar windows,
@@ -86,19 +98,22 @@ class CounterStore(Protocol):
         ...
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
-              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+              limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
         """Take back ``release`` from in-flight, then grant a lease of ``share`` of what remains (never
-        less than ``need``) and hold it in flight, or nothing once the limit is reached. Returns
-        (granted, used, inflight before the grant): see :func:`~otel_llm_usage.ledger._counting.lease`."""
+        less than ``need``) and hold it in flight, or nothing once the limit is reached. With a
+        ``holder`` the store also keeps what that holder holds, until it expires. Returns (granted,
+        used, inflight before the grant): see :func:`~otel_llm_usage.ledger._counting.lease`."""
         ...
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-               ttl_s: int | None) -> None:
-        """Release a reservation and add the actual usage to the current bucket."""
+               ttl_s: int | None, holder: Holder | None = None) -> None:
+        """Release a reservation (with a ``holder``: out of that holder's lease) and add the actual
+        usage to the current bucket."""
         ...
 
     def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+                        ttl_s: int | None, used_keys: Sequence[str],
+                        holder: Holder | None = None) -> tuple[Amount, Amount]:
         """``settle``, then ``read`` of ``used_keys``: one atomic step where the store can fuse them."""
         ...
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import _counting
-from .base import Amount, Limit
+from .base import Amount, Holder, Limit
 
 __all__ = ["MemoryCounterStore"]
 
@@ -25,7 +25,29 @@ class _View:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.values: dict[str, Amount] = {}
         self.expiry: dict[str, float] = {}
+        self.leases: dict[str, dict[str, tuple[Amount, float]]] = {}  # inflight key -> holder -> lease, expiry
         self.clock = clock
+
+    def now(self) -> float:
+        return self.clock()
+
+    def holders(self, inflight_key: str) -> dict[str, tuple[Amount, float]]:
+        entries = self.leases.get(inflight_key)
+        if entries is not None and inflight_key not in self.values:
+            # The in-flight key expired with its window: its holders' leases went with it.
+            del self.leases[inflight_key]
+            return {}
+        return dict(entries) if entries else {}
+
+    def put_holder(self, inflight_key: str, holder_id: str, value: Amount, expires_at: float,
+                   ttl_s: int | None) -> None:
+        entries = self.leases.setdefault(inflight_key, {})
+        if value == _ZERO:
+            entries.pop(holder_id, None)
+            if not entries:
+                del self.leases[inflight_key]
+        else:
+            entries[holder_id] = (value, expires_at)
 
     def get(self, key: str) -> Amount:
         exp = self.expiry.get(key)
@@ -53,20 +75,21 @@ class MemoryCounterStore:
             return _counting.reserve(self._view, used_keys, inflight_key, reservation, limit, ttl_s)
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
-              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+              limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
         with self._lock:
-            return _counting.lease(self._view, used_keys, inflight_key, need, release, share, limit, ttl_s)
+            return _counting.lease(self._view, used_keys, inflight_key, need, release, share, limit, ttl_s, holder)
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-               ttl_s: int | None) -> None:
+               ttl_s: int | None, holder: Holder | None = None) -> None:
         with self._lock:
-            _counting.settle(self._view, bucket_key, inflight_key, reserved, actual, ttl_s)
+            _counting.settle(self._view, bucket_key, inflight_key, reserved, actual, ttl_s, holder)
 
     def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+                        ttl_s: int | None, used_keys: Sequence[str],
+                        holder: Holder | None = None) -> tuple[Amount, Amount]:
         with self._lock:
             return _counting.settle_and_read(self._view, bucket_key, inflight_key, reserved, actual, ttl_s,
-                                             used_keys)
+                                             used_keys, holder)
 
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
         with self._lock:

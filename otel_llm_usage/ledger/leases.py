@@ -40,10 +40,21 @@ free parts (each at most ``share`` of what remained when it was granted).
 
 At exit (and on ``flush``) settled usage is written and every free part is handed back,
 so the store's in-flight returns to what calls really hold.
+
+A process that dies without handing back (killed, out of memory) cannot, so each process is a
+:class:`~otel_llm_usage.ledger.base.Holder`: the store keeps what every holder holds and when
+it last heard from it, and a holder silent for :data:`HOLDER_TTL_FACTOR` × ``ttl_s`` loses its
+lease to the next request of anyone (the background thread renews a held lease every
+``ttl_s``). A live process that could not reach the store for :data:`_LOCAL_SHARE` of that
+time (its threads starved, the machine paused) stops admitting from its lease, and its next
+request hands the whole of it back: it never admits from a lease the store may have taken.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import threading
 import time
 import weakref
@@ -53,12 +64,23 @@ from dataclasses import dataclass, field
 from .._blocking import WouldBlock, may_wait
 from .._fork import reset_after_fork
 from .._guard import internal_error
-from .base import Amount, Limit, saturated
+from .base import INT64_MAX, Amount, Holder, Limit, saturated
 from .resilient import FailOpenCounterStore, flush_at_exit
 
-__all__ = ["LeaseStats", "LeasedCounterStore"]
+__all__ = ["HOLDER_TTL_FACTOR", "LeaseStats", "LeasedCounterStore"]
 
 _ZERO = Amount()
+_ALL = Amount(INT64_MAX, INT64_MAX)  # a release of "all I hold": the store takes at most the holder's lease
+
+#: A holder's lease is taken from it after this many ``ttl_s`` without news (renewals come every ``ttl_s``).
+HOLDER_TTL_FACTOR = 3
+# A process admits from its lease for this share of the holder TTL after its last answer from the store
+# (measured from when it asked): the rest is margin for clocks running at slightly different rates.
+_LOCAL_SHARE = 0.8
+
+
+def _holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _floor0(a: Amount) -> Amount:
@@ -93,6 +115,8 @@ class _Lease:
     refused_until: float = 0.0  # the store said "at the limit" this recently: refuse without asking again
     flight: threading.Event | None = None  # set when the request a thread has in flight with the store ends
     refill: bool = False  # below the low-water mark: the background thread tops it up
+    valid_until: float = 0.0  # admit from the lease until then (the store may take it some time after)
+    lost: bool = False  # the lease went stale: the next request hands back all the store still holds of it
 
     def free(self) -> Amount:
         return _on_limited(self.limit, self.granted - self.inflight - self.unflushed_total)
@@ -160,6 +184,7 @@ class LeasedCounterStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.holder = Holder(_holder_id(), HOLDER_TTL_FACTOR * ttl_s)
         reset_after_fork(self)
         # Finalizers run newest first at exit: this one after the pipeline's (settled usage reaches
         # the leases first) and before the fail-open store's (which replays what this writes).
@@ -184,6 +209,8 @@ class LeasedCounterStore:
         while True:
             with self._lock:
                 lease = self._lease(inflight_key, used_keys, limit, ttl_s)
+                if lease.granted != _ZERO and self._clock() >= lease.valid_until:
+                    self._lose(lease)
                 if lease.fits(reservation):
                     lease.inflight += reservation
                     lease.busy = True
@@ -204,6 +231,8 @@ class LeasedCounterStore:
                     self.stats.waits += 1
                     release = _floor0(lease.free())  # handed back in the same step: our leftovers never count
                     lease.granted -= release
+                    release = self._sent_release(lease, release)
+                    sent_at = self._clock()
                     break
             # One request per budget instance and process at a time: sixteen threads missing the
             # same lease would otherwise queue sixteen requests on the store (a SQLite file lock
@@ -211,7 +240,7 @@ class LeasedCounterStore:
             flight.wait(self._FOLLOWER_WAIT_S)
         try:
             granted, used, inflight = self.store.lease(list(used_keys), inflight_key, _on_limited(limit, reservation),
-                                                       release, self.share, limit, ttl_s)
+                                                       release, self.share, limit, ttl_s, self.holder)
         except BaseException:
             with self._lock:
                 lease.flight = None
@@ -221,7 +250,7 @@ class LeasedCounterStore:
         with self._lock:
             lease.flight = None
             flight.set()
-            self._seen(lease, used, inflight, granted)
+            self._seen(lease, used, inflight, granted, sent_at)
             if limit.exhausted_by(used + inflight):
                 # A budget at its limit stays refused here until the next background write brings
                 # fresh totals or a call settled here frees part of the lease (its free part went
@@ -234,9 +263,9 @@ class LeasedCounterStore:
             return False, used, inflight
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
-              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+              limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
         """Passed to the store: leases of leases would only add a layer of slack."""
-        return self.store.lease(used_keys, inflight_key, need, release, share, limit, ttl_s)
+        return self.store.lease(used_keys, inflight_key, need, release, share, limit, ttl_s, holder)
 
     def _lease(self, inflight_key: str, used_keys: Sequence[str], limit: Limit, ttl_s: int | None) -> _Lease:
         """The lease of ``inflight_key``, created empty; the caller holds ``_lock``."""
@@ -250,8 +279,24 @@ class LeasedCounterStore:
             lease.limit, lease.ttl_s = limit, ttl_s
         return lease
 
-    def _seen(self, lease: _Lease, used: Amount, inflight: Amount, granted: Amount) -> None:
-        """Take in a store answer: ``inflight`` is the store's before ``granted`` was added."""
+    def _lose(self, lease: _Lease) -> None:
+        """No answer from the store for too long: the store may have taken the lease. Admit nothing
+        more from it; the next request hands back all the store still holds of it."""
+        lease.granted = _ZERO
+        lease.lost = True
+
+    def _sent_release(self, lease: _Lease, release: Amount) -> Amount:
+        """What a request hands back: ``release``, or everything after the lease went stale."""
+        if lease.lost:
+            lease.lost = False
+            return _ALL
+        return release
+
+    def _seen(self, lease: _Lease, used: Amount, inflight: Amount, granted: Amount, sent_at: float) -> None:
+        """Take in a store answer to a request sent at ``sent_at``: ``inflight`` is the store's before
+        ``granted`` was added. The store renewed the holder's lease when it answered, so the lease
+        may be used for a while after ``sent_at``."""
+        lease.valid_until = sent_at + _LOCAL_SHARE * self.holder.ttl_s
         lease.others = _floor0(inflight - (lease.granted))
         lease.granted += granted
         lease.seen_used = used
@@ -262,11 +307,12 @@ class LeasedCounterStore:
     # --- settlement -----------------------------------------------------------------------------
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-               ttl_s: int | None) -> None:
+               ttl_s: int | None, holder: Holder | None = None) -> None:
         self.settle_and_read(bucket_key, inflight_key, reserved, actual, ttl_s, (bucket_key,))
 
     def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+                        ttl_s: int | None, used_keys: Sequence[str],
+                        holder: Holder | None = None) -> tuple[Amount, Amount]:
         """Counted here, written by the background thread: the totals returned are the store's at the
         last contact plus what this process has not written yet."""
         with self._lock:
@@ -333,6 +379,8 @@ class LeasedCounterStore:
             lease = self._leases.get(key)
             if lease is None or not lease.unflushed:
                 return
+            if lease.granted != _ZERO and self._clock() >= lease.valid_until:
+                self._lose(lease)
             batches, lease.unflushed = lease.unflushed, {}
             used_keys, ttl_s = lease.used_keys, lease.ttl_s
             out = []
@@ -340,10 +388,13 @@ class LeasedCounterStore:
                 release = _on_limited(lease.limit, _min(_floor0(actual), _floor0(lease.granted)))
                 lease.granted -= release
                 lease.unflushed_total -= actual
-                out.append((bucket, actual, release))
+                out.append((bucket, actual, self._sent_release(lease, release)))
         for bucket, actual, release in out:
-            used, inflight = self.store.settle_and_read(bucket, key, release, actual, ttl_s, used_keys)
+            sent_at = self._clock()
+            used, inflight = self.store.settle_and_read(bucket, key, release, actual, ttl_s, used_keys, self.holder)
             with self._lock:
+                if lease.granted != _ZERO:  # the store renewed what it holds of the lease
+                    lease.valid_until = sent_at + _LOCAL_SHARE * self.holder.ttl_s
                 lease.seen_used = used
                 lease.others = _floor0(inflight - lease.granted)
                 if not lease.limit.exhausted_by(used + inflight):
@@ -355,18 +406,24 @@ class LeasedCounterStore:
             lease = self._leases.get(key)
             if lease is None:
                 return
+            if lease.granted != _ZERO and now >= lease.valid_until:
+                self._lose(lease)
             due = final or now >= lease.renew_at
-            if not (due or lease.refill):
+            if not (due or lease.refill or lease.lost):
                 return
             keep = lease.busy and not final
             release = _floor0(lease.free()) if due else _ZERO
-            if release == _ZERO and not keep and not lease.refill:
+            # A lease still held (calls in flight use it) is renewed even with nothing to hand back:
+            # the store takes it from a holder it has not heard from.
+            if release == _ZERO and not keep and not lease.refill and not lease.lost and \
+                    (lease.granted == _ZERO or not due):
                 if due:
                     lease.renew_at = now + self.ttl_s
                     if lease.idle():
                         del self._leases[key]
                 return
             lease.granted -= release
+            release = self._sent_release(lease, release)
             lease.refill = False
             if due:
                 lease.busy = False
@@ -376,9 +433,10 @@ class LeasedCounterStore:
         used_keys, _, release, limit, ttl_s = args
         if limit == Limit():  # nothing limited: only usage to write, nothing to lease
             return
-        granted, used, inflight = self.store.lease(used_keys, key, _ZERO, release, share, limit, ttl_s)
+        sent_at = self._clock()
+        granted, used, inflight = self.store.lease(used_keys, key, _ZERO, release, share, limit, ttl_s, self.holder)
         with self._lock:
-            self._seen(lease, used, inflight, granted)
+            self._seen(lease, used, inflight, granted, sent_at)
             if release != _ZERO:
                 self.stats.returns += 1
             if final and lease.idle():
@@ -402,6 +460,7 @@ class LeasedCounterStore:
         self._stop = threading.Event()
         self._thread = None
         self._leases = {}
+        self.holder = Holder(_holder_id(), self.holder.ttl_s)  # the parent's leases are the parent's
         self.store.after_fork_in_child()
 
     def close(self) -> None:

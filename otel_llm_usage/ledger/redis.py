@@ -24,6 +24,10 @@ Key layout (``P`` is the prefix, default ``llm_usage:``):
   instance lives in one slot, so every script (which touches only the keys of one instance) runs
   on one node, and different instances spread over the nodes. A cluster prefix may not contain
   braces (it would move the tag).
+* ``P c:{<budget>|<scope>}|[<bucket>|]inflight|holders`` — the leases of that in-flight key by
+  holder (one field per process: ``"<cost> <tokens> <expiry, ms on the server's clock>"``), so
+  the lease of a process that died is taken out of the in-flight total once it expires. Same hash
+  tag, same slot; expires with the in-flight key.
 * ``P m:<key>`` — a warn-once mark, ``SET NX EX`` (one key per command: any slot).
 * ``P records`` — one sorted set (one slot: on a cluster all records sit on one node): member =
   the record as compact JSON (``_records.COLUMNS`` names,
@@ -56,7 +60,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigError
 from ..usage import UsageRecord
 from ._records import deletion, from_mapping, matches, select, to_mapping
-from .base import Amount, Limit, RecordQuery, saturated
+from .base import Amount, Holder, Limit, RecordQuery, saturated
 from .urls import ledger_url_problem
 
 if TYPE_CHECKING:
@@ -78,6 +82,15 @@ local function incr(key, field, by)
 end
 local function set_field(key, field, x)
   redis.call('HSET', key, field, x >= 9.2e18 and '9223372036854775807' or string.format('%.0f', x))
+end
+-- A settlement's usage into the bucket KEYS[1]; ARGV[3..5] = actual cost, tokens, ttl ("" = keep).
+local function count_usage()
+  incr(KEYS[1], 'c', ARGV[3])
+  incr(KEYS[1], 't', ARGV[4])
+  if ARGV[5] ~= '' then
+    redis.call('EXPIRE', KEYS[1], ARGV[5])
+    redis.call('EXPIRE', KEYS[2], ARGV[5])
+  end
 end
 """
 
@@ -123,29 +136,30 @@ if c < 0 then c = 0 end
 if t < 0 then t = 0 end
 set_field(KEYS[2], 'c', c)
 set_field(KEYS[2], 't', t)
-incr(KEYS[1], 'c', ARGV[3])
-incr(KEYS[1], 't', ARGV[4])
-if ARGV[5] ~= '' then
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-end
+count_usage()
 return 1
+"""
+
+# The raw values of the used keys KEYS[first..] and then of the in-flight key KEYS[2].
+_READ_WINDOW = """
+local function read_window(first)
+  local raw = {}
+  local n = 0
+  for i = first, #KEYS + 1 do
+    local key = KEYS[i]
+    if i == #KEYS + 1 then key = KEYS[2] end
+    local v = redis.call('HMGET', key, 'c', 't')
+    raw[2 * n + 1] = v[1] or '0'
+    raw[2 * n + 2] = v[2] or '0'
+    n = n + 1
+  end
+  return raw
+end
 """
 
 # _SETTLE then a read of the window, in one round trip. KEYS = bucket, inflight, used keys...;
 # ARGV as _SETTLE. Returns the raw values of the used keys and then the in-flight key.
-_SETTLE_READ = _SETTLE.replace("return 1", """
-local raw = {}
-local n = 0
-for i = 3, #KEYS + 1 do
-  local key = KEYS[i]
-  if i == #KEYS + 1 then key = KEYS[2] end
-  local v = redis.call('HMGET', key, 'c', 't')
-  raw[2 * n + 1] = v[1] or '0'
-  raw[2 * n + 2] = v[2] or '0'
-  n = n + 1
-end
-return raw""")
+_SETTLE_READ = _READ_WINDOW + _SETTLE.replace("return 1", "return read_window(3)")
 
 # KEYS = bucket. ARGV = cost, tokens, ttl ("" = keep).
 _ADD = _SATURATING + """
@@ -155,21 +169,62 @@ if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return 1
 """
 
-# _counting.lease in one round trip. KEYS = used keys..., inflight key (last). ARGV = need cost, tokens;
-# release cost, tokens; share; limit cost, tokens ("" = no limit); ttl ("" = keep). Returns
-# {granted cost, granted tokens, raw used/inflight values (inflight after the release)} as strings.
-_LEASE = _SATURATING + _SUM_KEYS + """
-local n = #KEYS
+# _counting._claim and _hold: holder leases live in a hash beside the in-flight key, one field per
+# holder, "cost tokens expiry-ms" (expiry on the server's clock). claim(h, f, holder) takes expired
+# holders' leases out of the in-flight values f = {c, t} (doubles) and returns what `holder` holds.
+_HOLDERS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function claim(h, f, holder)
+  local mc, mt = 0, 0
+  local all = redis.call('HGETALL', h)
+  if #all == 0 then return mc, mt end
+  local now = now_ms()
+  for i = 1, #all, 2 do
+    local hc, ht, hx = string.match(all[i + 1], '^(%S+) (%S+) (%S+)$')
+    if tonumber(hx) <= now then
+      f.c = math.max(f.c - tonumber(hc), 0)
+      f.t = math.max(f.t - tonumber(ht), 0)
+      f.changed = true
+      redis.call('HDEL', h, all[i])
+    elseif all[i] == holder then
+      mc, mt = tonumber(hc), tonumber(ht)
+    end
+  end
+  return mc, mt
+end
+local function hold(h, holder, mc, mt, ttl_ms, ttl)
+  if mc <= 0 and mt <= 0 then
+    redis.call('HDEL', h, holder)
+  else
+    redis.call('HSET', h, holder, string.format('%.0f %.0f %.0f', mc, mt, now_ms() + tonumber(ttl_ms)))
+    if ttl ~= '' then redis.call('EXPIRE', h, ttl) end
+  end
+end
+"""
+
+# _counting.lease in one round trip. KEYS = used keys..., inflight key, holders hash (last). ARGV = need
+# cost, tokens; release cost, tokens; share; limit cost, tokens ("" = no limit); ttl ("" = keep); holder
+# id ("" = none), holder ttl ms. Returns {granted cost, granted tokens, raw used/inflight values
+# (inflight after the release)} as strings.
+_LEASE = _SATURATING + _SUM_KEYS + _HOLDERS + """
+local n = #KEYS - 1
+local h, holder = KEYS[n + 1], ARGV[9]
 local raw = {}
 local c, t = sum_keys(n - 1, raw)
-local f = redis.call('HMGET', KEYS[n], 'c', 't')
-local fc = (tonumber(f[1]) or 0) - tonumber(ARGV[3])
-local ft = (tonumber(f[2]) or 0) - tonumber(ARGV[4])
-if fc < 0 then fc = 0 end
-if ft < 0 then ft = 0 end
-local released = ARGV[3] ~= '0' or ARGV[4] ~= '0'
-raw[2 * n - 1] = released and string.format('%.0f', fc) or (f[1] or '0')
-raw[2 * n] = released and string.format('%.0f', ft) or (f[2] or '0')
+local v = redis.call('HMGET', KEYS[n], 'c', 't')
+local f = {c = tonumber(v[1]) or 0, t = tonumber(v[2]) or 0, changed = false}
+local mc, mt = claim(h, f, holder)
+local rc, rt = tonumber(ARGV[3]), tonumber(ARGV[4])
+if holder ~= '' then rc, rt = math.min(rc, mc), math.min(rt, mt) end
+if rc > 0 or rt > 0 then
+  f.c, f.t, f.changed = math.max(f.c - rc, 0), math.max(f.t - rt, 0), true
+  mc, mt = math.max(mc - rc, 0), math.max(mt - rt, 0)
+end
+raw[2 * n - 1] = f.changed and string.format('%.0f', f.c) or (v[1] or '0')
+raw[2 * n] = f.changed and string.format('%.0f', f.t) or (v[2] or '0')
 local share = tonumber(ARGV[5])
 -- max(need, floor(remaining * share), 1) on a limited axis; need wins as its own string, so it stays exact.
 local function grant(need, limit, total)
@@ -179,20 +234,37 @@ local function grant(need, limit, total)
   return string.format('%.0f', g)
 end
 local gc, gt = '0', '0'
-local exhausted = (ARGV[6] ~= '' and c + fc >= tonumber(ARGV[6])) or (ARGV[7] ~= '' and t + ft >= tonumber(ARGV[7]))
+local exhausted = (ARGV[6] ~= '' and c + f.c >= tonumber(ARGV[6])) or (ARGV[7] ~= '' and t + f.t >= tonumber(ARGV[7]))
 local nothing = share == 0 and ARGV[1] == '0' and ARGV[2] == '0'
 if not exhausted and not nothing then
-  gc = grant(ARGV[1], ARGV[6], c + fc)
-  gt = grant(ARGV[2], ARGV[7], t + ft)
+  gc = grant(ARGV[1], ARGV[6], c + f.c)
+  gt = grant(ARGV[2], ARGV[7], t + f.t)
 end
-if released then
-  set_field(KEYS[n], 'c', fc)
-  set_field(KEYS[n], 't', ft)
+if f.changed then
+  set_field(KEYS[n], 'c', f.c)
+  set_field(KEYS[n], 't', f.t)
 end
 if gc ~= '0' then incr(KEYS[n], 'c', gc) end
 if gt ~= '0' then incr(KEYS[n], 't', gt) end
-if (released or gc ~= '0' or gt ~= '0') and ARGV[8] ~= '' then redis.call('EXPIRE', KEYS[n], ARGV[8]) end
+if (f.changed or gc ~= '0' or gt ~= '0') and ARGV[8] ~= '' then redis.call('EXPIRE', KEYS[n], ARGV[8]) end
+if holder ~= '' then hold(h, holder, mc + tonumber(gc), mt + tonumber(gt), ARGV[10], ARGV[8]) end
 return {gc, gt, raw}
+"""
+
+# _counting.settle with a holder, then a read. KEYS = bucket, inflight, holders hash, used keys...;
+# ARGV = reserved cost, tokens; actual cost, tokens; ttl ("" = keep); holder id, holder ttl ms.
+# Returns the raw values of the used keys and then the in-flight key.
+_SETTLE_HOLDER_READ = _SATURATING + _HOLDERS + _READ_WINDOW + """
+local h, holder = KEYS[3], ARGV[6]
+local v = redis.call('HMGET', KEYS[2], 'c', 't')
+local f = {c = tonumber(v[1]) or 0, t = tonumber(v[2]) or 0, changed = false}
+local mc, mt = claim(h, f, holder)
+local rc, rt = math.min(tonumber(ARGV[1]), mc), math.min(tonumber(ARGV[2]), mt)
+set_field(KEYS[2], 'c', math.max(f.c - rc, 0))
+set_field(KEYS[2], 't', math.max(f.t - rt, 0))
+hold(h, holder, math.max(mc - rc, 0), math.max(mt - rt, 0), ARGV[7], ARGV[5])
+count_usage()
+return read_window(4)
 """
 
 # KEYS = used keys..., inflight key (last). Returns the raw values, read atomically.
@@ -290,6 +362,10 @@ class _LazyCluster:
             self._client.close()
 
 
+def _holder(holder: Holder | None) -> list[str]:
+    return ["", "0"] if holder is None else [holder.id, str(max(1, round(holder.ttl_s * 1000)))]
+
+
 def _ttl(ttl_s: int | None) -> str:
     return "" if ttl_s is None else str(int(ttl_s))
 
@@ -321,6 +397,7 @@ class RedisCounterStore:
         self._read = client.register_script(_READ)
         self._settle_read = client.register_script(_SETTLE_READ)
         self._lease = client.register_script(_LEASE)
+        self._settle_holder_read = client.register_script(_SETTLE_HOLDER_READ)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}c:{key}"
@@ -333,24 +410,38 @@ class RedisCounterStore:
         amounts = _amounts(raw)
         return bool(admitted), sum(amounts[:-1], Amount()), amounts[-1]
 
+    def _holders_key(self, inflight_key: str) -> str:
+        return self._key(inflight_key) + "|holders"  # the in-flight key's hash tag: the same slot
+
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
-              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
-        keys = [self._key(k) for k in (*used_keys, inflight_key)]
-        granted_c, granted_t, raw = self._lease(keys, [*_args(need, release), repr(float(share)),
-                                                       _limit(limit.cost_nanos), _limit(limit.tokens), _ttl(ttl_s)])
+              limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
+        keys = [self._key(k) for k in (*used_keys, inflight_key)] + [self._holders_key(inflight_key)]
+        granted_c, granted_t, raw = self._lease(
+            keys, [*_args(need, release), repr(float(share)), _limit(limit.cost_nanos), _limit(limit.tokens),
+                   _ttl(ttl_s), *_holder(holder)])
         amounts = _amounts(raw)
         return Amount(int(granted_c), int(granted_t)), sum(amounts[:-1], Amount()), amounts[-1]
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-               ttl_s: int | None) -> None:
+               ttl_s: int | None, holder: Holder | None = None) -> None:
+        if holder is not None:
+            self.settle_and_read(bucket_key, inflight_key, reserved, actual, ttl_s, (), holder)
+            return
         self._settle([self._key(bucket_key), self._key(inflight_key)],
                      [*_args(reserved, actual), _ttl(ttl_s)])
 
     def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+                        ttl_s: int | None, used_keys: Sequence[str],
+                        holder: Holder | None = None) -> tuple[Amount, Amount]:
         """``settle`` then ``read`` in one round trip: the budget stage needs the new total right away."""
-        keys = [self._key(k) for k in (bucket_key, inflight_key, *used_keys)]
-        amounts = _amounts(self._settle_read(keys, [*_args(reserved, actual), _ttl(ttl_s)]))
+        if holder is None:
+            keys = [self._key(k) for k in (bucket_key, inflight_key, *used_keys)]
+            raw = self._settle_read(keys, [*_args(reserved, actual), _ttl(ttl_s)])
+        else:
+            keys = [self._key(bucket_key), self._key(inflight_key), self._holders_key(inflight_key),
+                    *(self._key(k) for k in used_keys)]
+            raw = self._settle_holder_read(keys, [*_args(reserved, actual), _ttl(ttl_s), *_holder(holder)])
+        amounts = _amounts(raw)
         return sum(amounts[:-1], Amount()), amounts[-1]
 
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from .._guard import internal_error
-from .base import Amount, CounterStore, Limit
+from .base import Amount, CounterStore, Holder, Limit
 from .counters_memory import MemoryCounterStore
 
 __all__ = ["FailOpenCounterStore"]
@@ -56,7 +56,8 @@ logger = logging.getLogger("otel_llm_usage.ledger")
 
 T = TypeVar("T")
 # (bucket key, inflight key or None for plain adds) → [reserved, actual, ttl]
-_Pending = dict[tuple[str, str | None], tuple[Amount, Amount, int | None]]
+# (bucket, in-flight key or None for a plain add, the lease holder it releases from) -> (reserved, actual, ttl)
+_Pending = dict[tuple[str, str | None, Holder | None], tuple[Amount, Amount, int | None]]
 
 
 class _Unavailable:
@@ -115,7 +116,7 @@ class FailOpenCounterStore:
     def degraded(self) -> bool:
         return self._down
 
-    def pending(self) -> dict[tuple[str, str | None], tuple[Amount, Amount, int | None]]:
+    def pending(self) -> _Pending:
         """Usage recorded while degraded and not replayed yet (for tests and diagnostics)."""
         with self._lock:
             return dict(self._pending)
@@ -141,10 +142,10 @@ class FailOpenCounterStore:
         return admitted, used + base_used, inflight + base_inflight
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
-              limit: Limit, ttl_s: int | None) -> tuple[Amount, Amount, Amount]:
+              limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
         where = (tuple(used_keys), inflight_key)
         answer = self._attempt("lease", lambda: self.primary.lease(
-            used_keys, inflight_key, need, release, share, limit, ttl_s))
+            used_keys, inflight_key, need, release, share, limit, ttl_s, holder))
         if not isinstance(answer, _Unavailable):
             granted, used, inflight = answer
             self._remember(where, used, inflight + granted)
@@ -154,7 +155,7 @@ class FailOpenCounterStore:
             if self._take_local(inflight_key, release):
                 local_release = release
             else:  # held on the primary: give it back there once it is reachable
-                self._defer(inflight_key, inflight_key, release, Amount(), ttl_s)
+                self._defer(inflight_key, inflight_key, release, Amount(), ttl_s, holder)
         base_used, base_inflight = self._recall(where)
         granted, used, inflight = self.fallback.lease(used_keys, inflight_key, need, local_release, share,
                                                       _reduced(limit, base_used + base_inflight), ttl_s)
@@ -164,29 +165,30 @@ class FailOpenCounterStore:
         return granted, used + base_used, inflight + base_inflight
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-               ttl_s: int | None) -> None:
+               ttl_s: int | None, holder: Holder | None = None) -> None:
         if self._take_local(inflight_key, reserved):
             # Reserved by the fallback during an outage: release it there, count the usage as new.
             self.fallback.settle(bucket_key, inflight_key, reserved, Amount(), ttl_s)
             self.add(bucket_key, actual, ttl_s)
             return
         answer = self._attempt("settle", lambda: self.primary.settle(
-            bucket_key, inflight_key, reserved, actual, ttl_s))
+            bucket_key, inflight_key, reserved, actual, ttl_s, holder))
         if isinstance(answer, _Unavailable):
             self.fallback.add(bucket_key, actual, ttl_s)
-            self._defer(bucket_key, inflight_key, reserved, actual, ttl_s)
+            self._defer(bucket_key, inflight_key, reserved, actual, ttl_s, holder)
 
     def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-                        ttl_s: int | None, used_keys: Sequence[str]) -> tuple[Amount, Amount]:
+                        ttl_s: int | None, used_keys: Sequence[str],
+                        holder: Holder | None = None) -> tuple[Amount, Amount]:
         """One primary round trip unless the reservation was the fallback's (then ``settle`` + ``read``)."""
         if inflight_key in self._local_reserved:
-            self.settle(bucket_key, inflight_key, reserved, actual, ttl_s)
+            self.settle(bucket_key, inflight_key, reserved, actual, ttl_s, holder)
             return self.read(used_keys, inflight_key)
         answer = self._attempt("settle", lambda: self.primary.settle_and_read(
-            bucket_key, inflight_key, reserved, actual, ttl_s, used_keys))
+            bucket_key, inflight_key, reserved, actual, ttl_s, used_keys, holder))
         if isinstance(answer, _Unavailable):
             self.fallback.add(bucket_key, actual, ttl_s)
-            self._defer(bucket_key, inflight_key, reserved, actual, ttl_s)
+            self._defer(bucket_key, inflight_key, reserved, actual, ttl_s, holder)
             return self.read(used_keys, inflight_key)
         self._remember((tuple(used_keys), inflight_key), *answer)
         return answer
@@ -351,15 +353,15 @@ class FailOpenCounterStore:
     def _replay(self, pending: _Pending) -> None:
         """Apply ``pending`` to the primary; what was not applied goes back to the pending set."""
         items = list(pending.items())
-        for done, ((bucket, inflight), (reserved, actual, ttl_s)) in enumerate(items):
+        for done, ((bucket, inflight, holder), (reserved, actual, ttl_s)) in enumerate(items):
             try:
                 if inflight is None:
                     self.primary.add(bucket, actual, ttl_s)
                 else:
-                    self.primary.settle(bucket, inflight, reserved, actual, ttl_s)
+                    self.primary.settle(bucket, inflight, reserved, actual, ttl_s, holder)
             except BaseException:
-                for (b, f), (r, a, t) in items[done:]:
-                    self._defer(b, f, r, a, t)
+                for (b, f, h), (r, a, t) in items[done:]:
+                    self._defer(b, f, r, a, t, h)
                 raise
             self._forget_local(bucket, actual)
 
@@ -375,9 +377,9 @@ class FailOpenCounterStore:
             internal_error("ledger.fallback", exc)
 
     def _defer(self, bucket: str, inflight: str | None, reserved: Amount, actual: Amount,
-               ttl_s: int | None) -> None:
+               ttl_s: int | None, holder: Holder | None = None) -> None:
         with self._lock:
-            key = (bucket, inflight)
+            key = (bucket, inflight, holder)
             old = self._pending.get(key)
             if old is not None:
                 reserved, actual = old[0] + reserved, old[1] + actual
