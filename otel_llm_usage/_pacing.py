@@ -32,11 +32,10 @@ PAUSE_S = 0.0001
 class Pacer:
     """Times one background thread's slice; not shared between threads."""
 
-    __slots__ = ("_since", "pauses")
+    __slots__ = ("_since",)
 
     def __init__(self) -> None:
         self._since = time.perf_counter()
-        self.pauses = 0
 
     def restart(self) -> None:
         """Start a new slice, e.g. after the thread has waited for work (the wait released the GIL)."""
@@ -47,7 +46,6 @@ class Pacer:
 
     def pause(self) -> None:
         time.sleep(PAUSE_S)
-        self.pauses += 1
         self._since = time.perf_counter()
 
     def pace(self) -> None:

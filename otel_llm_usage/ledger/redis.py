@@ -83,7 +83,10 @@ end
 local function set_field(key, field, x)
   redis.call('HSET', key, field, x >= 9.2e18 and '9223372036854775807' or string.format('%.0f', x))
 end
--- A settlement's usage into the bucket KEYS[1]; ARGV[3..5] = actual cost, tokens, ttl ("" = keep).
+"""
+
+# A settlement's usage into the bucket KEYS[1]; ARGV[3..5] = actual cost, tokens, ttl ("" = keep).
+_COUNT_USAGE = """
 local function count_usage()
   incr(KEYS[1], 'c', ARGV[3])
   incr(KEYS[1], 't', ARGV[4])
@@ -128,7 +131,7 @@ return {1, raw}
 
 # KEYS = bucket, inflight. ARGV = reserved cost, tokens; actual cost, tokens; ttl ("" = keep).
 # In-flight never goes below zero (a reservation released twice, or after its key expired).
-_SETTLE = _SATURATING + """
+_SETTLE = _SATURATING + _COUNT_USAGE + """
 local v = redis.call('HMGET', KEYS[2], 'c', 't')
 local c = (tonumber(v[1]) or 0) - tonumber(ARGV[1])
 local t = (tonumber(v[2]) or 0) - tonumber(ARGV[2])
@@ -254,7 +257,7 @@ return {gc, gt, raw}
 # _counting.settle with a holder, then a read. KEYS = bucket, inflight, holders hash, used keys...;
 # ARGV = reserved cost, tokens; actual cost, tokens; ttl ("" = keep); holder id, holder ttl ms.
 # Returns the raw values of the used keys and then the in-flight key.
-_SETTLE_HOLDER_READ = _SATURATING + _HOLDERS + _READ_WINDOW + """
+_SETTLE_HOLDER_READ = _SATURATING + _COUNT_USAGE + _HOLDERS + _READ_WINDOW + """
 local h, holder = KEYS[3], ARGV[6]
 local v = redis.call('HMGET', KEYS[2], 'c', 't')
 local f = {c = tonumber(v[1]) or 0, t = tonumber(v[2]) or 0, changed = false}
