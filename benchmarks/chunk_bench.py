@@ -33,7 +33,7 @@ def _invocation_factory() -> Any:
     from otel_llm_usage.config import AttributionSettings
     from otel_llm_usage.instrumentation.lifecycle import CallHandler, CallSpec, Invocation, RequestInfo
     from otel_llm_usage.instrumentation.openai import OpenAIAdapter
-    from otel_llm_usage.pipeline import Pipeline
+    from otel_llm_usage.runtime.pipeline import Pipeline
     from otel_llm_usage.telemetry import LabelPolicy
 
     handler = CallHandler(NoOpTracer(), Pipeline([]), LabelPolicy(AttributionSettings()))

@@ -31,7 +31,7 @@ def _engine(ledger: str) -> tuple[Any, Any]:
     from opentelemetry.sdk.trace import TracerProvider
 
     from otel_llm_usage.config import Config
-    from otel_llm_usage.runtime import Runtime
+    from otel_llm_usage.runtime.core import Runtime
 
     from .variants import bench_budget
 
@@ -45,7 +45,7 @@ def _engine(ledger: str) -> tuple[Any, Any]:
 
 
 def run(ledger: str, threads: int, seconds: float) -> dict[str, Any]:
-    from otel_llm_usage.pipeline import CallIntent
+    from otel_llm_usage.runtime.pipeline import CallIntent
     from otel_llm_usage.usage import TokenUsage, UsageRecord
 
     runtime, engine = _engine(ledger)

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from collections.abc import Callable
+import typing as _typing
 
 from .attribution import Attribution, current_attribution, track, usage_context
-from .budgets.engine import BudgetEvent, budget_bypass
+from .budgets.bypass import budget_bypass
+from .budgets.events import BudgetEvent
 from .errors import BudgetExceeded, ConfigError, OtelLLMUsageError
 from .usage import TokenUsage, UsageRecord
+
+if _typing.TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def record_usage(
@@ -36,7 +40,7 @@ def record_usage(
     anchor: str | None = None,
 ) -> UsageRecord:
     """Record usage that happened outside instrumented code; it is priced, budgeted and exported like a call."""
-    from .runtime import active_runtime
+    from .runtime.core import active_runtime
 
     for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
                         ("cached_input_tokens", cached_input_tokens), ("reasoning_tokens", reasoning_tokens)):
@@ -69,7 +73,7 @@ def flush(timeout_s: float = 5.0) -> bool:
     :func:`get_budget_status` and metric collection catch up by themselves, so this is for code
     that needs budget callbacks or ledger rows *now*. Exporting stays with the OpenTelemetry
     providers (their ``force_flush``)."""
-    from .runtime import active_runtime
+    from .runtime.core import active_runtime
 
     runtime = active_runtime(create=False)
     return runtime.flush_ledger(timeout_s) if runtime is not None else True
@@ -77,7 +81,7 @@ def flush(timeout_s: float = 5.0) -> bool:
 
 def get_budget_status() -> list[dict[str, object]]:
     """Every budget instance with used / limit / utilization (empty until budgets are configured)."""
-    from .runtime import active_runtime
+    from .runtime.core import active_runtime
 
     runtime = active_runtime(create=False)
     status = getattr(runtime, "budget_status", None) if runtime is not None else None
@@ -86,7 +90,7 @@ def get_budget_status() -> list[dict[str, object]]:
 
 def start_model(model: str) -> None:
     """Start the runtime meter of an hourly-billed model (``pricing.hourly``) before its first call."""
-    from .runtime import active_runtime
+    from .runtime.core import active_runtime
 
     runtime = active_runtime()
     assert runtime is not None
@@ -95,7 +99,7 @@ def start_model(model: str) -> None:
 
 def stop_model(model: str) -> None:
     """Stop the runtime meter of an hourly-billed model (e.g. when its GPU server is shut down)."""
-    from .runtime import active_runtime
+    from .runtime.core import active_runtime
 
     runtime = active_runtime()
     assert runtime is not None
@@ -104,7 +108,7 @@ def stop_model(model: str) -> None:
 
 def register_budget_callback(fn: Callable[[BudgetEvent], None]) -> None:
     """Call ``fn(event)`` on every budget event (warn, exceeded, blocked, downgraded, exit)."""
-    from .runtime import active_runtime
+    from .runtime.core import active_runtime
 
     runtime = active_runtime()
     assert runtime is not None

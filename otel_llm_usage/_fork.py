@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 from ._guard import internal_error
 
-__all__ = ["reset_after_fork"]
+__all__ = ["reset_after_fork", "run_in_child"]
 
 
 class _ForkAware(Protocol):
@@ -22,6 +23,7 @@ class _ForkAware(Protocol):
 
 
 _objects: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
+_functions: list[Callable[[], None]] = []
 
 
 def reset_after_fork(obj: _ForkAware) -> None:
@@ -29,7 +31,19 @@ def reset_after_fork(obj: _ForkAware) -> None:
     _objects.add(obj)
 
 
+def run_in_child(fn: Callable[[], None]) -> Callable[[], None]:
+    """Call ``fn()`` in every forked child, before the objects' hooks: module-level state (a lock,
+    a pool) a parent thread may have held. Usable as a decorator."""
+    _functions.append(fn)
+    return fn
+
+
 def _after_fork_in_child() -> None:
+    for fn in list(_functions):
+        try:
+            fn()
+        except Exception as exc:  # a fork hook must never break the child
+            internal_error("after_fork", exc)
     for obj in list(_objects):
         try:
             obj.after_fork_in_child()

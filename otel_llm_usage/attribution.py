@@ -20,7 +20,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from opentelemetry import baggage
 
@@ -87,7 +87,7 @@ def carry_attribution(fn: C) -> C:
         finally:
             _current.reset(token)
 
-    return run  # type: ignore[return-value]
+    return cast(C, run)
 
 
 @contextlib.contextmanager
@@ -153,7 +153,7 @@ def track(
                 finally:
                     _current.reset(token)
 
-            return async_wrapper  # type: ignore[return-value]
+            return cast(F, async_wrapper)
 
         if inspect.isgeneratorfunction(fn):
 
@@ -171,7 +171,7 @@ def track(
                         _current.reset(token)
                     send = yield item
 
-            return gen_wrapper  # type: ignore[return-value]
+            return cast(F, gen_wrapper)
 
         if inspect.isasyncgenfunction(fn):
 
@@ -189,7 +189,7 @@ def track(
                         _current.reset(token)
                     send = yield item
 
-            return agen_wrapper  # type: ignore[return-value]
+            return cast(F, agen_wrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -199,7 +199,7 @@ def track(
             finally:
                 _current.reset(token)
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     if func is not None:
         return decorate(func)

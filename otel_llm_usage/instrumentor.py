@@ -29,7 +29,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from .attribution import carry_attribution
 from .config import Config, ConfigError, load_config
 from .instrumentation.lifecycle import CallHandler, Router, fixed_route, note_attempt
-from .runtime import Runtime, build_runtime, clear_runtime
+from .runtime.core import Runtime, build_runtime, clear_runtime
 
 __all__ = ["LLMUsageInstrumentor"]
 
@@ -128,7 +128,7 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         tracer_provider = kwargs.get("tracer_provider")
         meter_provider = kwargs.get("meter_provider")
         if meter_provider is None and (kwargs.get("setup_providers") or _under_auto_instrumentation()):
-            from ._bootstrap import setup_default_providers
+            from .runtime.bootstrap import setup_default_providers
 
             setup_default_providers()
         # ``clock`` lets tests drive budget windows; it is the wall clock otherwise.
@@ -146,7 +146,7 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if config.attribution.propagate_to_threads:
             _patch(patched, "concurrent.futures.thread", "ThreadPoolExecutor", "submit", _submit_wrapper)
         type(self)._patched = patched
-        from ._bootstrap import install_sigterm_flush
+        from .runtime.bootstrap import install_sigterm_flush
 
         # Not only when the providers are ours: an app passing its own would lose what the ledger
         # writer still holds (up to a second of records) to a plain SIGTERM.
@@ -154,7 +154,7 @@ class LLMUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         logger.debug("otel-llm-usage instrumented %d methods", len(patched))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from ._bootstrap import uninstall_sigterm_flush
+        from .runtime.bootstrap import uninstall_sigterm_flush
 
         uninstall_sigterm_flush()
         for owner, method, original in type(self)._patched:

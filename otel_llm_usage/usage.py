@@ -17,19 +17,27 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 __all__ = [
+    "RecordStatus",
     "TokenUsage",
     "UsageRecord",
+    "UsageSource",
     "billable_breakdown",
     "estimate_tokens",
     "fields_of",
     "read_field",
     "safe_int",
 ]
+
+#: ``blocked``: refused by a budget before it was sent.
+RecordStatus = Literal["ok", "error", "blocked"]
+#: Where the tokens came from: the provider's report, our estimate (no usage arrived), nothing
+#: billed (refused), or a :func:`~otel_llm_usage.record_usage` call.
+UsageSource = Literal["reported", "estimated", "none", "manual"]
 
 # A single response never legitimately reports more than this; larger values are
 # treated as corrupt rather than allowed to blow a budget or a counter.
@@ -242,10 +250,10 @@ class UsageRecord:
     request_model: str | None
     response_model: str | None = None
     tokens: TokenUsage = field(default_factory=TokenUsage)
-    usage_source: str = "reported"  # reported | estimated | none
+    usage_source: UsageSource = "reported"
     duration_s: float = 0.0
     ttft_s: float | None = None
-    status: str = "ok"  # ok | error | blocked
+    status: RecordStatus = "ok"
     error_type: str | None = None
     function: str | None = None
     user: str | None = None
@@ -263,8 +271,6 @@ class UsageRecord:
     currency: str | None = None
     price_source: str | None = None
     priced: bool = False  # set once pricing ran, so a record is never priced twice
-    # Budget reservations taken before the call, settled by the budget stage; never persisted.
-    reservations: list[Any] = field(default_factory=list, repr=False, compare=False)
     # When the record entered the pipeline, on the budget clock: settlement runs later, off the
     # calling thread, but charges the window the call ended in. Never persisted.
     submitted_at: float | None = field(default=None, repr=False, compare=False)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Helpers for the tests that run real Prometheus, Alertmanager and promtool.
 
-Processes are started through :mod:`otel_llm_usage.stack`, the same code as
+Processes are started through :mod:`otel_llm_usage.tooling.stack`, the same code as
 ``otel-llm-usage stack up``, and always stopped by the caller's ``with``.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from otel_llm_usage.stack import ALERTMANAGER_BINARIES, PROMETHEUS_BINARIES, LocalStack, find_binary
+from otel_llm_usage.tooling.stack import ALERTMANAGER_BINARIES, PROMETHEUS_BINARIES, LocalStack, find_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from otel_llm_usage.config import load_config
-from otel_llm_usage.rules import dump_yaml, generate_rules
+from otel_llm_usage.tooling.rules import dump_yaml, generate_rules
 from tests.prom_fixtures import PromAPI, WebhookReceiver, app_and_prometheus, poll, write_app_config
 
 ARTIFACT = Path(__file__).parent / ".artifacts" / "alertmanager-webhook.json"

@@ -17,7 +17,7 @@ APP = textwrap.dedent("""\
     import sys
     from otel_llm_usage import get_budget_status, record_usage
     from otel_llm_usage.config import Config
-    from otel_llm_usage.runtime import build_runtime
+    from otel_llm_usage.runtime.core import build_runtime
     cfg = Config.model_validate({"ledger": sys.argv[1], "budgets": [
         {"name": "daily", "window": "day", "limit": {"tokens": 1000}, "action": "block"}]})
     runtime = build_runtime(cfg)

@@ -21,8 +21,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from otel_llm_usage import BudgetExceeded, flush, get_budget_status, usage_context
-from otel_llm_usage.budgets.engine import budget_bypass
+from otel_llm_usage import BudgetExceeded, budget_bypass, flush, get_budget_status, usage_context
 from otel_llm_usage.config import Config
 
 from .conftest import close_otel, make_otel
@@ -279,7 +278,7 @@ def test_exit_action_writes_report_and_terminates(llm_server, tmp_path):
 def test_reservation_priced_from_flat_rates_matches_the_full_pricing(llm_server, model):
     """Reservations price their estimate from cached per-token rates where the price is flat; the
     amount must be what full pricing gives (to the nano, rounded up), tiers and unpriced included."""
-    from otel_llm_usage.pipeline import CallIntent
+    from otel_llm_usage.runtime.pipeline import CallIntent
     from otel_llm_usage.usage import UsageRecord
 
     cfg = Config.model_validate({"provider_hosts": {"127.0.0.1": "openai"},

@@ -388,8 +388,8 @@ def test_report_from_prometheus(tmp_path: Path, config: Path) -> None:
 
     from otel_llm_usage import record_usage
     from otel_llm_usage.config import load_config
-    from otel_llm_usage.runtime import build_runtime, clear_runtime
-    from otel_llm_usage.stack import free_port
+    from otel_llm_usage.runtime.core import build_runtime, clear_runtime
+    from otel_llm_usage.tooling.stack import free_port
 
     from .conftest import require_binary
 

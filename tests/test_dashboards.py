@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_llm_usage import dashboards as D
+from otel_llm_usage.tooling import dashboards as D
 from tests.prom_fixtures import ROOT, PromAPI, app_and_prometheus, poll
 
 DASHBOARDS = D.all_dashboards()
@@ -45,20 +45,20 @@ def _strings(dashboard: dict[str, Any]) -> Iterator[str]:
 def test_checked_in_json_is_the_generated_one(fname: str) -> None:
     checked_in = (ROOT / "dashboards" / fname).read_text(encoding="utf-8")
     assert checked_in == D.render(DASHBOARDS[fname]), \
-        "dashboards/ is stale: run `python -m otel_llm_usage.dashboards --write`"
+        "dashboards/ is stale: run `python -m otel_llm_usage.tooling.dashboards --write`"
 
 
 def test_configmap_is_in_sync() -> None:
     path = ROOT / "deploy" / "kubernetes" / "grafana-dashboards-configmap.yaml"
     assert path.read_text(encoding="utf-8") == D.configmap_yaml(), \
-        "run `python -m otel_llm_usage.dashboards --write`"
+        "run `python -m otel_llm_usage.tooling.dashboards --write`"
     cm = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert {k: json.loads(v) for k, v in cm["data"].items()} == DASHBOARDS
 
 
 def test_write_regenerates_every_file(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "otel_llm_usage.dashboards", "--write", "--root", str(tmp_path)]
+    argv = [sys.executable, "-m", "otel_llm_usage.tooling.dashboards", "--write", "--root", str(tmp_path)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     for path, text in D.expected_files(ROOT).items():

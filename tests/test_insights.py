@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from otel_llm_usage.insights import compute_insights, forecast
 from otel_llm_usage.ledger import open_ledger
 from otel_llm_usage.pricing import PricingSettings, PricingStage, load_catalog
+from otel_llm_usage.tooling.insights import compute_insights, forecast
 from otel_llm_usage.usage import TokenUsage, UsageRecord
 
 CN = "dashscope.aliyuncs.com"
@@ -150,7 +150,7 @@ def test_cli_rejects_bad_what_if(tmp_path):
 
 
 def test_cost_in_a_currency_without_a_rate_is_left_out_not_a_crash(records):
-    from otel_llm_usage.reports import CostConverter
+    from otel_llm_usage.pricing.stage import CostConverter
 
     catalog = load_catalog(PricingSettings(currency="CNY"))  # no USD rate configured
     ins = compute_insights(records, catalog, CostConverter("CNY"), currency="CNY", now=NOW)

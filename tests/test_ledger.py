@@ -569,7 +569,7 @@ def test_runtime_purges_records_past_retention_at_start(tmp_path: Path) -> None:
     import time as _time
 
     from otel_llm_usage.config import Config
-    from otel_llm_usage.runtime import Runtime
+    from otel_llm_usage.runtime.core import Runtime
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store, counters = open_ledger(url)

@@ -33,8 +33,8 @@ from otel_llm_usage.budgets.engine import BudgetEngine
 from otel_llm_usage.config import Config
 from otel_llm_usage.ledger import Amount, FailOpenCounterStore, LeasedCounterStore, Limit, MemoryCounterStore
 from otel_llm_usage.ledger.redis import DEFAULT_PREFIX, RedisCounterStore
-from otel_llm_usage.pipeline import CallIntent
-from otel_llm_usage.runtime import build_runtime
+from otel_llm_usage.runtime.core import build_runtime
+from otel_llm_usage.runtime.pipeline import CallIntent
 from otel_llm_usage.testing.redis_server import RedisServer
 from otel_llm_usage.usage import TokenUsage, UsageRecord
 

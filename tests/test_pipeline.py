@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from otel_llm_usage.ledger import RecordQuery, SqliteRecordStore
-from otel_llm_usage.pipeline import Pipeline
+from otel_llm_usage.runtime.pipeline import Pipeline
 from otel_llm_usage.usage import UsageRecord
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_a_producer_outpacing_the_worker_is_held_back_not_dropped() -> None:
 def test_past_the_bound_a_producer_does_a_small_share_not_the_whole_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
     """Draining the whole backlog on the calling thread held an event loop for ~100 ms once the queue
     reached its bound; a call now processes its own share and one record more."""
-    from otel_llm_usage import pipeline as pipeline_module
+    from otel_llm_usage.runtime import pipeline as pipeline_module
 
     monkeypatch.setattr(pipeline_module._Deferred, "start", lambda self: None)  # no worker: the queue only grows
     seen = Seen()
@@ -140,11 +140,11 @@ def test_after_shutdown_submit_runs_every_stage_at_once() -> None:
 
 _EXIT_SCRIPT = """
 import sys
-import otel_llm_usage.pipeline
-otel_llm_usage.pipeline._BATCH_DELAY_S = 3600  # the worker takes the first record, then never drains
+import otel_llm_usage.runtime.pipeline
+otel_llm_usage.runtime.pipeline._BATCH_DELAY_S = 3600  # the worker takes the first record, then never drains
 from otel_llm_usage import record_usage
 from otel_llm_usage.config import Config
-from otel_llm_usage.runtime import build_runtime
+from otel_llm_usage.runtime.core import build_runtime
 build_runtime(Config(ledger="sqlite:///" + sys.argv[1]))
 for i in range(3000):
     record_usage(provider="openai", model="gpt-4o-mini", input_tokens=i, output_tokens=1)

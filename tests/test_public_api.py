@@ -2,6 +2,9 @@
 """The public surface is exactly what ``__all__`` says, and every name resolves."""
 
 from __future__ import annotations
+import __future__
+
+import types
 
 import otel_llm_usage
 
@@ -23,3 +26,23 @@ def test_all_is_sorted_and_complete():
 def test_budget_exceeded_is_part_of_the_documented_hierarchy():
     assert issubclass(otel_llm_usage.BudgetExceeded, otel_llm_usage.OtelLLMUsageError)
     assert issubclass(otel_llm_usage.ConfigError, ValueError)
+
+
+def test_all_is_every_public_name_the_module_defines():
+    # Like httpx's exported-members test: nothing public is missing from __all__, nothing extra in it.
+    public = {name for name, value in vars(otel_llm_usage).items()
+              if not name.startswith("_") and not isinstance(value, (types.ModuleType, __future__._Feature))}
+    lazy = {"LLMUsageInstrumentor"}  # resolved on first access (it imports opentelemetry-instrumentation)
+    assert public == set(otel_llm_usage.__all__) - lazy - {"__version__"}
+
+
+def test_importing_the_package_loads_no_pipeline_ledger_or_opentelemetry_sdk():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, otel_llm_usage; print(sorted(sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    loaded = set(eval(out))  # a list literal we printed ourselves
+    heavy = {"otel_llm_usage.runtime.pipeline", "otel_llm_usage.ledger", "otel_llm_usage.runtime.core",
+             "otel_llm_usage.budgets.engine", "otel_llm_usage.telemetry", "opentelemetry.sdk", "sqlite3", "redis"}
+    assert not heavy & loaded

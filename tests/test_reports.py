@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Report figures (``otel_llm_usage.reports``) over a hand-built set of records with known answers.
+"""Report figures (``otel_llm_usage.tooling.reports``) over a hand-built set of records with known answers.
 
 The data set (UTC, "now" = 2025-06-11 12:00): one call a day at 10:00 from June 1 to June 10 costing
 1, 2, 1, 2, 1, 2, 1, 10, 2, 1 CNY (June 6 is billed as 0.25 USD at 8 CNY/USD; June 8 is carol's
@@ -14,7 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from otel_llm_usage.reports import CostConverter, anomalies, breakdown, build_report, sparkline, summarize
+from otel_llm_usage.ledger.totals import breakdown, summarize
+from otel_llm_usage.pricing.stage import CostConverter
+from otel_llm_usage.tooling.reports import anomalies, build_report, sparkline
 from otel_llm_usage.usage import TokenUsage, UsageRecord
 
 UTC = timezone.utc

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from otel_llm_usage import rules as R
 from otel_llm_usage.cli.rules import rules_app
 from otel_llm_usage.config import Config, load_config
-from otel_llm_usage.stack import render_alertmanager_config, render_prometheus_config
+from otel_llm_usage.tooling import rules as R
+from otel_llm_usage.tooling.stack import render_alertmanager_config, render_prometheus_config
 from tests.prom_fixtures import DEPLOY, ROOT, require_tool, run_tool
 
 RULES_DIR = DEPLOY / "prometheus" / "rules"
@@ -115,7 +115,7 @@ def test_metric_name_extraction() -> None:
 def test_kubernetes_prometheusrule_is_in_sync() -> None:
     path = DEPLOY / "kubernetes" / "prometheusrule.yaml"
     assert path.read_text(encoding="utf-8") == R.kubernetes_rule_yaml(ROOT), \
-        "run `python -m otel_llm_usage.rules --write`"
+        "run `python -m otel_llm_usage.tooling.rules --write`"
     manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert manifest["kind"] == "PrometheusRule"
     assert manifest["spec"] == R.load_rule_files(RULES_DIR / f for f in R.STATIC_RULE_FILES)

@@ -28,10 +28,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_llm_usage import _bootstrap
 from otel_llm_usage.budgets.engine import BudgetEngine
 from otel_llm_usage.config import load_config
 from otel_llm_usage.ledger import RecordQuery, open_ledger
+from otel_llm_usage.runtime import bootstrap as _bootstrap
 from otel_llm_usage.testing import LoopbackLLMServer
 from otel_llm_usage.testing.ports import free_port
 
@@ -416,7 +416,7 @@ def _budget_used(config: Path, url: str) -> tuple[int, int]:
         engine = BudgetEngine(cfg.budgets, counters, currency="USD", to_reporting=lambda a, c: a,
                               estimate_cost=lambda r, t: None)
         (budget,) = cfg.budgets
-        engine._remember(budget, "all")
+        engine.planner.remember(budget, "all")
         (row,) = engine.status()
         return int(row["used"]), int(row["in_flight"])
     finally:

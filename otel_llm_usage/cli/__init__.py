@@ -50,7 +50,7 @@ def demo(
                                                  "to explore with `report`, `insights`, `budget status`."),
 ) -> None:
     """Run an instrumented app against a loopback LLM server and print costs and metrics (offline)."""
-    from ..demo import run_demo
+    from ..tooling.demo import run_demo
 
     raise typer.Exit(run_demo(port=port, calls=calls, serve=serve, host=host, ledger=ledger))
 

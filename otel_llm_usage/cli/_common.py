@@ -19,7 +19,7 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from enum import Enum
@@ -33,7 +33,8 @@ from rich.console import Console
 from ..config import Config, ConfigError, load_config
 from ..ledger import CounterStore, RecordQuery, RecordStore, open_ledger
 from ..ledger.urls import ledger_url_problem
-from ..reports import CostConverter, day_start
+from ..pricing.stage import CostConverter
+from ..tooling.reports import day_start
 from ..usage import UsageRecord
 
 __all__ = [
@@ -254,7 +255,7 @@ def dump_json(obj: Any) -> str:
     return json.dumps(jsonable(obj), indent=2, ensure_ascii=False)
 
 
-def write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def write_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -264,7 +265,7 @@ def write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def emit(data: Any, fmt: OutputFormat, *, table: Callable[[], None],
-         csv_rows: Callable[[], tuple[Sequence[dict[str, Any]], Sequence[str]]]) -> None:
+         csv_rows: Callable[[], tuple[Sequence[Mapping[str, Any]], Sequence[str]]]) -> None:
     if fmt is OutputFormat.json:
         typer.echo(dump_json(data))
     elif fmt is OutputFormat.csv:

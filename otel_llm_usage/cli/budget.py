@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
 import typer
 from rich.progress_bar import ProgressBar
@@ -23,10 +22,12 @@ from rich.table import Table
 
 from ..budgets.config import BudgetConfig
 from ..budgets.engine import BudgetEngine
+from ..budgets.plan import matches, scope_of
+from ..budgets.status import BudgetStatus
 from ..budgets.windows import current_window
 from ..config import Config
 from ..ledger import CounterStore, RecordQuery, RecordStore
-from ..reports import CostConverter
+from ..pricing.stage import CostConverter
 from . import _common as C
 
 __all__ = ["EXIT_EXCEEDED", "budget_app", "budget_status"]
@@ -62,16 +63,16 @@ def _discover(engine: BudgetEngine, budgets: Sequence[BudgetConfig], store: Reco
     records = store.query(RecordQuery(since=min(starts.values()))) if starts else []
     for budget in budgets:
         if budget.per is None:
-            # BudgetEngine learns instances from calls; _remember is how it is told about one it has not seen.
-            engine._remember(budget, "all")
+            # BudgetEngine learns instances from calls; remember() is how it is told about one it has not seen.
+            engine.planner.remember(budget, "all")
             continue
         for rec in records:
-            if rec.timestamp >= starts[budget.name] and engine.matches(budget, rec):
-                engine._remember(budget, engine.scope_of(budget, rec))
+            if rec.timestamp >= starts[budget.name] and matches(budget, rec):
+                engine.planner.remember(budget, scope_of(budget, rec))
 
 
 def budget_status(cfg: Config, store: RecordStore, counters: CounterStore, now: float | None = None
-                  ) -> list[dict[str, Any]]:
+                  ) -> list[BudgetStatus]:
     """``BudgetEngine.status()`` rows for every discovered instance, most utilized first."""
     now = time.time() if now is None else now
     engine = _engine(cfg, counters, now)
@@ -80,20 +81,20 @@ def budget_status(cfg: Config, store: RecordStore, counters: CounterStore, now: 
     return sorted(rows, key=lambda r: (-r["utilization"], r["budget"], r["scope"], r["unit"]))
 
 
-def _bar(row: dict[str, Any]) -> ProgressBar:
+def _bar(row: BudgetStatus) -> ProgressBar:
     style = {"exceeded": "red", "warn": "yellow"}.get(row["state"], "green")
     limit = float(row["limit"])
     return ProgressBar(total=limit, completed=min(float(row["used"]), limit), width=24, complete_style=style,
                        finished_style=style)
 
 
-def _table(rows: list[dict[str, Any]]) -> None:
+def _table(rows: list[BudgetStatus]) -> None:
     table = Table(title="Budgets", title_justify="left")
     for name in ("budget", "scope", "window", "used / limit", "", "%", "state", "exhausted in", "action"):
         table.add_column(name, justify="right" if name in ("used / limit", "%") else "left")
     for r in rows:
         money = r["unit"] != "tokens"
-        used = C.fmt_money(r["used"]) if money else f"{r['used']:,}"
+        used = C.fmt_money(Decimal(r["used"])) if money else f"{r['used']:,}"
         limit = f"{r['limit']:f}" if money else f"{r['limit']:,}"
         secs = r["seconds_to_exhaustion"]
         left = "exhausted" if secs == 0 else ("-" if secs is None else C.fmt_duration(secs))

@@ -18,7 +18,8 @@ from typing import Annotated, Any, cast
 import typer
 
 from ..ledger import RecordQuery
-from ..reports import CostConverter, Totals, breakdown, summarize
+from ..ledger.totals import Totals, breakdown, summarize
+from ..pricing.stage import CostConverter
 from . import _common as C
 from .report import totals_table
 

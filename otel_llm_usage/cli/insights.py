@@ -53,11 +53,11 @@ def insights(
 ) -> None:
     """Reprice recorded usage, suggest savings with their computed amounts, and forecast month-end spend."""
     from ..config import ConfigError, load_config
-    from ..insights import compute_insights
-    from ..insights_report import render_html
     from ..ledger import RecordQuery, open_ledger
     from ..pricing import load_catalog
-    from ..reports import CostConverter
+    from ..pricing.stage import CostConverter
+    from ..tooling.insights import compute_insights
+    from ..tooling.insights_report import render_html
 
     try:
         cfg = load_config(config, env={}) if config else load_config()
@@ -91,7 +91,7 @@ def insights(
 
 
 def _print(result: object) -> None:
-    from ..insights import Insights
+    from ..tooling.insights import Insights
 
     assert isinstance(result, Insights)
     console = Console()

@@ -28,7 +28,7 @@ import typer
 
 from ..config import Config
 from ..ledger import default_sqlite_path
-from ..reports import CostConverter
+from ..pricing.stage import CostConverter
 from ..usage import UsageRecord
 from . import _common as C
 from .amounts import AmountError, parse_amount
@@ -50,7 +50,7 @@ def parse_tokens(text: str | None, option: str) -> int | None:
 def submit_records(cfg: Config, entries: list[dict[str, Any]]) -> list[UsageRecord]:
     """Each entry through the full pipeline (price → budgets → telemetry → ledger), written before returning."""
     from .. import record_usage
-    from ..runtime import build_runtime, clear_runtime
+    from ..runtime.core import build_runtime, clear_runtime
 
     runtime = build_runtime(cfg)
     try:

@@ -6,7 +6,7 @@
     otel-llm-usage report --since 2024-06-01 --until 2024-06-30 --output june.html
     otel-llm-usage report --prometheus http://prometheus:9090
 
-Ledger figures come from :func:`otel_llm_usage.reports.build_report`; Prometheus figures from
+Ledger figures come from :func:`otel_llm_usage.tooling.reports.build_report`; Prometheus figures from
 PromQL over ``/api/v1/query`` (:func:`prometheus_report`). Without ``--since`` the Prometheus
 figures are the counters' current values (exact, since the exporting processes started); with
 it they are ``increase()`` over the period, which Prometheus extrapolates.
@@ -29,7 +29,8 @@ import typer
 from rich.table import Table
 
 from ..ledger import RecordQuery
-from ..reports import DIMENSIONS, FORECAST_DAYS, TREND_DAYS, CostConverter, build_report, day_start
+from ..pricing.stage import CostConverter
+from ..tooling.reports import DIMENSIONS, FORECAST_DAYS, TREND_DAYS, build_report, day_start
 from . import _common as C
 
 __all__ = ["report"]

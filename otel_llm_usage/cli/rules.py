@@ -47,7 +47,7 @@ def generate(
 ) -> None:
     """Write per-budget alert rules (warn thresholds, exhaustion, a counter-based check)."""
     from ..config import ConfigError, load_config
-    from ..rules import DEFAULT_DASHBOARD_URL, as_prometheus_rule, dump_yaml, generate_rules
+    from ..tooling.rules import DEFAULT_DASHBOARD_URL, as_prometheus_rule, dump_yaml, generate_rules
 
     try:
         cfg = load_config(config, env={})

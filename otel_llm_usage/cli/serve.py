@@ -34,10 +34,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import typer
 
+from ..budgets.status import BudgetStatus
 from ..config import Config
 from ..ledger import RecordQuery
-from ..reports import DIMENSIONS, breakdown, summarize
-from ..runtime import Runtime
+from ..ledger.totals import breakdown, summarize
+from ..runtime.core import Runtime
+from ..tooling.reports import DIMENSIONS
 from . import _common as C
 from .amounts import MAX_AMOUNT, AmountError, parse_amount
 from .budget import budget_status
@@ -145,7 +147,7 @@ class UsageAPI:
         return {"by": by, "n": int(n_text), "currency": self.convert.currency,
                 "top": [{"key": k, **t.as_dict()} for k, t in rows[: int(n_text)]]}
 
-    def budgets(self, params: dict[str, list[str]]) -> list[dict[str, Any]]:
+    def budgets(self, params: dict[str, list[str]]) -> list[BudgetStatus]:
         return budget_status(self.cfg, self.runtime.store, self.runtime.counters)
 
     def record(self, body: Any) -> dict[str, Any]:
@@ -332,7 +334,7 @@ def serve(
     ledger: C.LedgerOption = None,
 ) -> None:
     """Serve a JSON API over the ledger: usage, budgets, top spenders, and POST /api/record."""
-    from ..runtime import build_runtime, clear_runtime
+    from ..runtime.core import build_runtime, clear_runtime
 
     if token is not None and not token.strip():
         C.fail("--token must not be empty", 2)

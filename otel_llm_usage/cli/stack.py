@@ -50,9 +50,9 @@ def up(
     calls: Annotated[int, typer.Option(min=1, help="Demo app calls to make before it idles.")] = 24,
 ) -> None:
     """Start the demo app, Prometheus and Alertmanager; print the URLs; stop them all on Ctrl-C."""
-    from ..demo import demo_config
-    from ..rules import dump_yaml, generate_rules
-    from ..stack import LocalStack, StackError, default_deploy_dir
+    from ..tooling.demo import demo_config
+    from ..tooling.rules import dump_yaml, generate_rules
+    from ..tooling.stack import LocalStack, StackError, default_deploy_dir
 
     # `kill` / a service manager sends SIGTERM: treat it like Ctrl-C so the children are stopped too.
     signal.signal(signal.SIGTERM, _interrupt)

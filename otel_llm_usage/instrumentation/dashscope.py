@@ -50,6 +50,7 @@ from .. import _names as N
 from ..config import Config
 from ..usage import TokenUsage, count_text, normalize_usage, read_field, safe_int
 from .lifecycle import CallSpec, Invocation, RequestInfo
+from .streams import STREAM_PROXIES
 
 __all__ = ["PROVIDER", "SURFACES", "DashScopeAdapter", "Surface", "server_from_url", "targets"]
 
@@ -111,6 +112,8 @@ def targets(config: Config) -> list[tuple[str, str, str, bool, CallSpec]]:
 
 class DashScopeAdapter:
     """Reads every DashScope surface by shape: classic DictMixin responses and 2.x pydantic models."""
+
+    stream_proxies = STREAM_PROXIES
 
     # -- request ---------------------------------------------------------------
     def request_info(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo:

@@ -18,7 +18,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import context, trace
 from opentelemetry.context import Context
@@ -34,12 +33,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from .. import _names as N
 from .._blocking import WouldBlock, no_waiting
+from .._fork import run_in_child
 from .._guard import internal_error
 from ..attribution import Attribution, current_attribution
 from ..errors import BudgetExceeded
-from ..pipeline import CallIntent, Pipeline
+from ..runtime.pipeline import CallIntent, Pipeline
 from ..telemetry import LabelPolicy, put_present, semconv_attributes
 from ..usage import TokenUsage, UsageRecord, count_text, estimate_tokens, new_record_id
+
+if TYPE_CHECKING:
+    from .streams import AsyncStreamProxy, StreamProxy
 
 __all__ = ["OUTPUT_TEXT_SAMPLE_CHUNKS", "CallHandler", "CallSpec", "Invocation", "ProviderAdapter", "RequestInfo",
            "Router", "fixed_route"]
@@ -81,6 +84,9 @@ class RequestInfo:
 
 class ProviderAdapter(Protocol):
     """Shape knowledge for one SDK surface. All methods may raise; callers guard them."""
+
+    #: (sync, async) stream proxy classes: ``streams.STREAM_PROXIES`` or subclasses of them.
+    stream_proxies: tuple[type[StreamProxy], type[AsyncStreamProxy]]
 
     def request_info(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo: ...
 
@@ -273,6 +279,24 @@ class Invocation:
         if refused:
             self.accepted = False
 
+    def block(self, exc: BudgetExceeded, tracer: Tracer, info: RequestInfo) -> None:
+        """A budget refused the call before it was sent: a span with the refusal, a record of nothing billed."""
+        if not self._claim():
+            return
+        rec = self.record
+        rec.status = "blocked"
+        rec.error_type = type(exc).__name__
+        rec.usage_source = "none"
+        try:
+            self.start_span(tracer, info)
+            self.span.set_attribute(N.ERROR_TYPE, rec.error_type)
+            self.span.set_status(Status(StatusCode.ERROR, "blocked by budget"))
+            self.span.end()
+        except Exception as span_exc:
+            internal_error("blocked_span", span_exc)
+        self._release_request()
+        self._handler.pipeline.submit(rec)
+
     def finish(self, *, abandoned: bool = False) -> None:
         if self._claim():
             self._finalize(abandoned=abandoned)
@@ -310,22 +334,28 @@ class Invocation:
             internal_error("finalize", exc)
             with contextlib.suppress(Exception):
                 self.span.end()
+        self._release_request()
+        for record in records:
+            self._handler.pipeline.submit(record)
+
+    def _release_request(self) -> None:
+        """Drop the request's arguments: a record outlives the call, the content must not."""
         self._args = self.args = ()
         self._kwargs = {}
         self.kwargs = {}
         self._output_text = None
-        for record in records:
-            self._handler.pipeline.submit(record)
 
     def _records(self) -> list[UsageRecord]:
-        """The call's record, or one per model when usage came split by model (same call, own ids)."""
+        """The call's record, or one per model when usage came split by model (same call, own ids).
+        The first keeps the call's id: the budget reservations taken before the call are held under it."""
         rec = self.record
         if not self.model_usages:
             return [rec]
         return [
-            dataclasses.replace(rec, response_model=model, tokens=tokens, record_id=new_record_id(),
+            dataclasses.replace(rec, response_model=model, tokens=tokens,
+                                record_id=rec.record_id if i == 0 else new_record_id(),
                                 request_params=dict(rec.request_params))
-            for model, tokens in self.model_usages
+            for i, (model, tokens) in enumerate(self.model_usages)
         ]
 
     def _estimate_usage(self) -> None:
@@ -475,18 +505,7 @@ class CallHandler:
         try:
             new_model = self.pipeline.before_call(intent)
         except BudgetExceeded as exc:
-            inv.record.status = "blocked"
-            inv.record.error_type = type(exc).__name__
-            inv.record.usage_source = "none"
-            inv.done = True
-            try:
-                inv.start_span(self.tracer, info)
-                inv.span.set_attribute(N.ERROR_TYPE, inv.record.error_type)
-                inv.span.set_status(Status(StatusCode.ERROR, "blocked by budget"))
-                inv.span.end()
-            except Exception as span_exc:
-                internal_error("blocked_span", span_exc)
-            self.pipeline.submit(inv.record)
+            inv.block(exc, self.tracer, info)
             raise
         if new_model and new_model != inv.record.request_model:
             # The adapter's prepare() writes the new model into the request it sends.
@@ -558,14 +577,11 @@ def _admission_pool() -> ThreadPoolExecutor:
     return _pool
 
 
+@run_in_child
 def _forget_pool_in_child() -> None:
     """The pool's threads did not survive the fork: the child makes its own on first use."""
     global _pool, _pool_lock
     _pool, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _enter_call(inv: Invocation) -> tuple[Token[Invocation | None], Token[Context]]:

@@ -38,6 +38,7 @@ from .. import _names as N
 from ..usage import count_text, fields_of, normalize_usage, read_field
 from .lifecycle import OUTPUT_TEXT_SAMPLE_CHUNKS, CallSpec, Invocation, RequestInfo, Router
 from .providers import provider_from_endpoint
+from .streams import AsyncStreamProxy, Proxy, StreamProxy, end_early
 
 __all__ = ["ATTEMPT_HOOKS", "CLIENT_METHODS", "ROUTES", "OpenAIAdapter", "router"]
 
@@ -124,7 +125,49 @@ def router(chat: OpenAIAdapter, responses: OpenAIAdapter) -> Router:
     return route
 
 
+class _ClosingResponse(Proxy):
+    """An HTTP response whose ``close`` / ``aclose`` also finalizes the call it belongs to."""
+
+    def __init__(self, wrapped: Any, inv: Invocation) -> None:
+        super().__init__(wrapped)
+        self._self_inv = inv
+
+    def close(self) -> Any:
+        try:
+            return self.__wrapped__.close()
+        finally:
+            end_early(self._self_inv)
+
+    async def aclose(self) -> Any:
+        try:
+            return await self.__wrapped__.aclose()
+        finally:
+            end_early(self._self_inv)
+
+
+class _ResponseEndsTheCall:
+    """The SDK's stream helpers (``chat.completions.stream``, ``responses.stream``) close the HTTP
+    response directly when their ``with`` block ends early; they get one that tells us."""
+
+    __wrapped__: Any
+    _self_inv: Invocation
+
+    @property
+    def response(self) -> Any:
+        return _ClosingResponse(self.__wrapped__.response, self._self_inv)
+
+
+class _Stream(_ResponseEndsTheCall, StreamProxy):
+    pass
+
+
+class _AsyncStream(_ResponseEndsTheCall, AsyncStreamProxy):
+    pass
+
+
 class OpenAIAdapter:
+    stream_proxies: tuple[type[StreamProxy], type[AsyncStreamProxy]] = (_Stream, _AsyncStream)
+
     def __init__(self, *, provider_hosts: dict[str, str] | None = None, capture_content: bool = False,
                  capture_max_chars: int = 4096, stream_include_usage: bool = True,
                  responses_api: bool = False) -> None:

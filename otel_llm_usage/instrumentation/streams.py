@@ -24,16 +24,16 @@ from pydantic import BaseModel
 from .._guard import internal_error
 from .lifecycle import Invocation
 
-__all__ = ["AsyncStreamProxy", "StreamProxy", "wrap_result"]
+__all__ = ["STREAM_PROXIES", "AsyncStreamProxy", "Proxy", "StreamProxy", "end_early", "wrap_result", "wrap_stream"]
 
 # wrapt >= 2 types ObjectProxy as a generic; wrapt 1.x cannot subscript it at run time.
 if TYPE_CHECKING:
-    _Proxy = wrapt.ObjectProxy[Any]
+    Proxy = wrapt.ObjectProxy[Any]
 else:
-    _Proxy = wrapt.ObjectProxy
+    Proxy = wrapt.ObjectProxy
 
 
-def _end_early(inv: Invocation, exc: BaseException | None = None, *, dropped: bool = False) -> None:
+def end_early(inv: Invocation, exc: BaseException | None = None, *, dropped: bool = False) -> None:
     """The caller stopped before the stream's natural end: ``close()``, leaving ``with``, or
     ``dropped`` its iterator with chunks unread (always abandoned, even when a provider that
     reports cumulative usage on every chunk already gave a partial total). Otherwise abandoned
@@ -55,7 +55,7 @@ def _on_chunk(inv: Invocation, chunk: Any) -> bool:
         return True
 
 
-class _StreamBase(_Proxy):
+class _StreamBase(Proxy):
     """State and abandonment shared by the sync and async proxies."""
 
     _iterator_method = "__next__"
@@ -73,32 +73,6 @@ class _StreamBase(_Proxy):
         inv = getattr(self, "_self_inv", None)
         if inv is not None and not inv.done and getattr(self, "_self_gen", None) is None:
             inv.finish(abandoned=True)
-
-    @property
-    def response(self) -> Any:
-        # SDK stream helpers (``chat.completions.stream``, ``responses.stream``) close the HTTP
-        # response directly when their ``with`` block ends early; hand them one that tells us.
-        return _ClosingResponse(self.__wrapped__.response, self._self_inv)
-
-
-class _ClosingResponse(_Proxy):
-    """An HTTP response whose ``close`` / ``aclose`` also finalizes the call it belongs to."""
-
-    def __init__(self, wrapped: Any, inv: Invocation) -> None:
-        super().__init__(wrapped)
-        self._self_inv = inv
-
-    def close(self) -> Any:
-        try:
-            return self.__wrapped__.close()
-        finally:
-            _end_early(self._self_inv)
-
-    async def aclose(self) -> Any:
-        try:
-            return await self.__wrapped__.aclose()
-        finally:
-            _end_early(self._self_inv)
 
 
 def _chunks(inv: Invocation, it: Iterator[Any]) -> Iterator[Any]:
@@ -127,7 +101,7 @@ def _chunks(inv: Invocation, it: Iterator[Any]) -> Iterator[Any]:
     except GeneratorExit:
         # Closed or collected before the end: a ``break``, an exception in the caller's loop
         # body, or a stream left unread.
-        _end_early(inv, dropped=True)
+        end_early(inv, dropped=True)
         raise
     except BaseException as exc:
         inv.fail(exc)
@@ -157,7 +131,7 @@ class StreamProxy(_StreamBase):
             close = getattr(self.__wrapped__, "close", None)
             return close() if close is not None else None
         finally:
-            _end_early(self._self_inv)
+            end_early(self._self_inv)
 
     def __enter__(self) -> StreamProxy:
         enter = getattr(self.__wrapped__, "__enter__", None)
@@ -170,7 +144,7 @@ class StreamProxy(_StreamBase):
             exit_ = getattr(self.__wrapped__, "__exit__", None)
             return exit_(*exc_info) if exit_ is not None else None
         finally:
-            _end_early(self._self_inv, exc_info[1])
+            end_early(self._self_inv, exc_info[1])
 
 
 class AsyncStreamProxy(_StreamBase):
@@ -206,13 +180,13 @@ class AsyncStreamProxy(_StreamBase):
         try:
             return await self._close_wrapped("close")
         finally:
-            _end_early(self._self_inv)
+            end_early(self._self_inv)
 
     async def aclose(self) -> Any:
         try:
             return await self._close_wrapped("aclose")
         finally:
-            _end_early(self._self_inv)
+            end_early(self._self_inv)
 
     async def __aenter__(self) -> AsyncStreamProxy:
         enter = getattr(self.__wrapped__, "__aenter__", None)
@@ -225,15 +199,21 @@ class AsyncStreamProxy(_StreamBase):
             exit_ = getattr(self.__wrapped__, "__aexit__", None)
             return (await exit_(*exc_info)) if exit_ is not None else None
         finally:
-            _end_early(self._self_inv, exc_info[1])
+            end_early(self._self_inv, exc_info[1])
 
 
 def _is_async_iterable(obj: Any) -> bool:
     return hasattr(obj, "__anext__") or (hasattr(obj, "__aiter__") and not hasattr(obj, "__iter__"))
 
 
+#: The proxy classes (sync, async) of an adapter whose streams need nothing of their own.
+STREAM_PROXIES: tuple[type[StreamProxy], type[AsyncStreamProxy]] = (StreamProxy, AsyncStreamProxy)
+
+
 def wrap_stream(inv: Invocation, stream: Any) -> Any:
-    return AsyncStreamProxy(stream, inv) if _is_async_iterable(stream) else StreamProxy(stream, inv)
+    """The adapter's proxy around ``stream``: subclasses add what its SDK's stream objects need."""
+    sync_proxy, async_proxy = inv.adapter.stream_proxies
+    return async_proxy(stream, inv) if _is_async_iterable(stream) else sync_proxy(stream, inv)
 
 
 def _deliver(inv: Invocation, parsed: Any) -> Any:
@@ -252,7 +232,7 @@ def _deliver(inv: Invocation, parsed: Any) -> Any:
     return parsed
 
 
-class _RawResponseProxy(_Proxy):
+class _RawResponseProxy(Proxy):
     """``with_raw_response`` / ``with_streaming_response`` objects: usage arrives on ``parse()``."""
 
     def __init__(self, wrapped: Any, inv: Invocation) -> None:

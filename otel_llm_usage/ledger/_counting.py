@@ -17,11 +17,13 @@ taken away meanwhile is not taken out twice) and restarts the holder's expiry.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from .base import Amount, Holder, Limit
 
-__all__ = ["CounterView", "add", "lease", "lease_grant", "read", "reserve", "settle", "settle_and_read"]
+__all__ = ["CounterView", "CountingStore", "add", "lease", "lease_grant", "read", "reserve", "settle",
+           "settle_and_read"]
 
 _ZERO = Amount()
 
@@ -163,3 +165,51 @@ def add(view: CounterView, bucket_key: str, actual: Amount, ttl_s: int | None) -
 
 def read(view: CounterView, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
     return _used(view, used_keys), view.get(inflight_key)
+
+
+class CountingStore:
+    """A :class:`~.base.CounterStore` made of these rules: a backend supplies ``_view(keys)``, a
+    context manager that holds the backend atomic (a lock, a transaction) and yields a view of
+    ``keys``, plus ``mark_once``. Memory and SQLite are this; Redis states the rules in Lua."""
+
+    def _view(self, keys: Sequence[str]) -> AbstractContextManager[CounterView]:
+        raise NotImplementedError
+
+    def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
+                    ttl_s: int | None) -> tuple[bool, Amount, Amount]:
+        with self._view([*used_keys, inflight_key]) as view:
+            return reserve(view, used_keys, inflight_key, reservation, limit, ttl_s)
+
+    def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
+              limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
+        with self._view([*used_keys, inflight_key]) as view:
+            return lease(view, used_keys, inflight_key, need, release, share, limit, ttl_s, holder)
+
+    def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+               ttl_s: int | None, holder: Holder | None = None) -> None:
+        with self._view([bucket_key, inflight_key]) as view:
+            settle(view, bucket_key, inflight_key, reserved, actual, ttl_s, holder)
+
+    def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
+                        ttl_s: int | None, used_keys: Sequence[str],
+                        holder: Holder | None = None) -> tuple[Amount, Amount]:
+        """``settle`` then ``read`` in one atomic step (on SQLite a second transaction cost ~11 µs a call)."""
+        with self._view([bucket_key, inflight_key, *used_keys]) as view:
+            return settle_and_read(view, bucket_key, inflight_key, reserved, actual, ttl_s, used_keys, holder)
+
+    def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
+        with self._view([bucket_key]) as view:
+            add(view, bucket_key, actual, ttl_s)
+
+    def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
+        with self._view([*used_keys, inflight_key]) as view:
+            return read(view, used_keys, inflight_key)
+
+    def mark_once(self, key: str, ttl_s: int | None) -> bool:
+        raise NotImplementedError
+
+    def flush(self, timeout_s: float = 2.0) -> bool:
+        return True  # counted where it was asked: nothing held back
+
+    def close(self) -> None:
+        pass

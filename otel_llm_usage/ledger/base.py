@@ -19,8 +19,8 @@ from typing import Protocol, runtime_checkable
 
 from ..usage import UsageRecord
 
-__all__ = ["INT64_MAX", "NANOS", "Amount", "CounterStore", "Holder", "RecordQuery", "RecordStore", "from_nanos",
-           "saturated", "to_nanos"]
+__all__ = ["INT64_MAX", "NANOS", "Amount", "CounterStore", "Holder", "RecordQuery", "RecordStore", "StoreBusy",
+           "from_nanos", "saturated", "to_nanos"]
 
 NANOS = Decimal("1e9")
 # SQLite INTEGER and Redis HINCRBY are signed 64-bit. Python ints are not: a gateway reporting 10**15
@@ -71,6 +71,11 @@ class Limit:
         return (self.cost_nanos is not None and used.cost_nanos >= self.cost_nanos) or (
             self.tokens is not None and used.tokens >= self.tokens
         )
+
+
+class StoreBusy(Exception):
+    """A store operation gave up within a host thread's short wait because another process held the
+    store (a SQLite write lock): contention, not an outage, so the store is asked again soon."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,11 @@ class CounterStore(Protocol):
 
     def mark_once(self, key: str, ttl_s: int | None) -> bool:
         """True the first time ``key`` is marked (until it expires): warn-once per window, across processes."""
+        ...
+
+    def flush(self, timeout_s: float = 2.0) -> bool:
+        """Hand the shared store what this process still holds back (usage counted locally in an
+        outage, settled usage of leases), within ``timeout_s``; ``False`` if some is left. Never raises."""
         ...
 
     def close(self) -> None: ...

@@ -11,8 +11,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from .._fork import reset_after_fork
 from . import _counting
-from .base import Amount, Holder, Limit
+from .base import Amount
 
 __all__ = ["MemoryCounterStore"]
 
@@ -62,42 +63,34 @@ class _View:
             self.expiry[key] = self.clock() + ttl_s
 
 
-class MemoryCounterStore:
+class _Locked:
+    """The view under the store's lock; a class rather than a generator context manager, as
+    every budgeted call goes through it."""
+
+    __slots__ = ("lock", "view")
+
+    def __init__(self, lock: threading.Lock, view: _View) -> None:
+        self.lock = lock
+        self.view = view
+
+    def __enter__(self) -> _View:
+        self.lock.acquire()
+        return self.view
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.lock.release()
+
+
+class MemoryCounterStore(_counting.CountingStore):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
-        self._view = _View(clock)
+        self._locked = _Locked(self._lock, _View(clock))
         self._marks: dict[str, float | None] = {}
         self._clock = clock
+        reset_after_fork(self)
 
-    def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
-                    ttl_s: int | None) -> tuple[bool, Amount, Amount]:
-        with self._lock:
-            return _counting.reserve(self._view, used_keys, inflight_key, reservation, limit, ttl_s)
-
-    def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
-              limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
-        with self._lock:
-            return _counting.lease(self._view, used_keys, inflight_key, need, release, share, limit, ttl_s, holder)
-
-    def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-               ttl_s: int | None, holder: Holder | None = None) -> None:
-        with self._lock:
-            _counting.settle(self._view, bucket_key, inflight_key, reserved, actual, ttl_s, holder)
-
-    def settle_and_read(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
-                        ttl_s: int | None, used_keys: Sequence[str],
-                        holder: Holder | None = None) -> tuple[Amount, Amount]:
-        with self._lock:
-            return _counting.settle_and_read(self._view, bucket_key, inflight_key, reserved, actual, ttl_s,
-                                             used_keys, holder)
-
-    def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
-        with self._lock:
-            _counting.add(self._view, bucket_key, actual, ttl_s)
-
-    def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
-        with self._lock:
-            return _counting.read(self._view, used_keys, inflight_key)
+    def _view(self, keys: Sequence[str]) -> _Locked:
+        return self._locked
 
     def mark_once(self, key: str, ttl_s: int | None) -> bool:
         now = self._clock()
@@ -111,7 +104,4 @@ class MemoryCounterStore:
 
     def after_fork_in_child(self) -> None:
         """A parent thread may have held the lock at the fork; the child's copy would never be released."""
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        pass
+        self._lock = self._locked.lock = threading.Lock()

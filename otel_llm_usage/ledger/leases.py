@@ -454,14 +454,13 @@ class LeasedCounterStore:
 
     def after_fork_in_child(self) -> None:
         """The leases are the parent's (it writes their usage and hands them back); the child starts empty.
-        Idempotent: the runtime's fork hook may call it after the registry's."""
+        The store under it resets its own state."""
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None
         self._leases = {}
         self.holder = Holder(_holder_id(), self.holder.ttl_s)  # the parent's leases are the parent's
-        self.store.after_fork_in_child()
 
     def close(self) -> None:
         if self._closed:

@@ -74,5 +74,8 @@ class MemoryRecordStore:
             self._records = deque(kept, maxlen=self._records.maxlen)
         return removed
 
+    def flush(self, timeout: float | None = None) -> bool:
+        return True  # appended as they arrive
+
     def close(self) -> None:
         pass

@@ -11,7 +11,9 @@ When the primary store raises (Redis unreachable, SQLite locked or read-only), t
 fault is logged once and counted through :func:`~otel_llm_usage._guard.internal_error`,
 the store switches to *degraded* and the local fallback answers. While degraded the
 primary is not touched again until ``probe_interval`` seconds have passed, so an outage
-costs one timeout per interval, not one per call. The first operation after that
+costs one timeout per interval, not one per call. A store that was only *busy* (it raised
+:class:`~otel_llm_usage.ledger.base.StoreBusy`: another process held the SQLite file past a host
+thread's short wait) is asked again after ``BUSY_RETRY_S``. The first operation after that
 probes: it replays the usage recorded while degraded (``add`` / ``settle`` deltas,
 merged per key) into the primary, and on success the store is healthy again, so the
 shared totals reconcile. One thread replays at a time, and it keeps replaying until the
@@ -46,8 +48,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from .._fork import reset_after_fork
 from .._guard import internal_error
-from .base import Amount, CounterStore, Holder, Limit
+from .base import Amount, CounterStore, Holder, Limit, StoreBusy
 from .counters_memory import MemoryCounterStore
 
 __all__ = ["FailOpenCounterStore"]
@@ -65,6 +68,7 @@ class _Unavailable:
 
 
 _UNAVAILABLE = _Unavailable()
+BUSY_RETRY_S = 0.25  # a write lock held by another process's transaction: milliseconds, rarely more
 
 
 def _covers(have: Amount, need: Amount) -> bool:
@@ -111,6 +115,7 @@ class FailOpenCounterStore:
         # At exit, after the pipeline (created later, finalized first) has settled its queue:
         # a process leaving right after an outage still hands its local usage to the primary.
         self._at_exit = weakref.finalize(self, flush_at_exit, weakref.ref(self))
+        reset_after_fork(self)
 
     @property
     def degraded(self) -> bool:
@@ -214,11 +219,9 @@ class FailOpenCounterStore:
         return self.fallback.mark_once(key, ttl_s) if isinstance(answer, _Unavailable) else answer
 
     def after_fork_in_child(self) -> None:
-        """New locks in a forked child, for this store and its local fallback."""
+        """A new lock in a forked child (its local fallback resets its own)."""
         self._lock = threading.Lock()
-        hook = getattr(self.fallback, "after_fork_in_child", None)
-        if hook is not None:
-            hook()
+        self._replaying = threading.Lock()
 
     def flush(self, timeout_s: float = 2.0) -> bool:
         """Replay pending usage now, retrying until ``timeout_s``; never raises. ``False`` (and one
@@ -277,8 +280,11 @@ class FailOpenCounterStore:
 
     def _fail(self, exc: Exception) -> None:
         internal_error(self._kind, exc)
+        # Contention ends when the other process commits: ask again soon. Answering locally for the
+        # whole probe interval let every process of a fleet admit against stale totals for 5 s.
+        retry = BUSY_RETRY_S if isinstance(exc, StoreBusy) else self.probe_interval
         with self._lock:
-            self._next_probe = self._clock() + self.probe_interval
+            self._next_probe = self._clock() + retry
             if not self._down:
                 self._down = True
                 self._down_since = time.monotonic()

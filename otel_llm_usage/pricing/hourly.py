@@ -113,6 +113,11 @@ class HourlyBilling:
         for name in list(self._meters):
             self.stop_model(name, end)
 
+    def running_since(self) -> dict[str, float]:
+        """When each running meter started."""
+        with self._lock:
+            return {name: m.started_at for name, m in self._meters.items() if m.started_at is not None}
+
     def running(self, model: str) -> bool:
         return self._meters[self._require(model)].started_at is not None
 

@@ -21,10 +21,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from .._bounded import BoundedSet
 from ..usage import TokenUsage, UsageRecord
 from .catalog import PriceCatalog, Resolution, canonical_provider, dashscope_region, display_price
 from .compute import DECIMAL_CONTEXT, compute_cost, has_cache_price
@@ -32,12 +33,9 @@ from .hourly import HourlyBilling
 from .models import PriceEntry, PricingSettings
 from .volume import VolumeMeter
 
-__all__ = ["PricingStage", "convert_currency"]
+__all__ = ["CostConverter", "PricingStage", "convert_currency"]
 
 logger = logging.getLogger("otel_llm_usage.pricing")
-
-_MAX_WARNED = 10_000  # bound the "already warned" set against arbitrary model strings
-
 
 def _rate_pair(from_ccy: str, to_ccy: str, reporting_currency: str,
                exchange_rates: dict[str, Decimal]) -> tuple[Decimal, Decimal] | None:
@@ -77,6 +75,22 @@ def convert_currency(amount: Decimal, from_ccy: str, to_ccy: str, *, reporting_c
     return _apply(amount, _rate_pair(from_ccy, to_ccy, reporting_currency, exchange_rates))
 
 
+class CostConverter:
+    """Record cost → reporting currency with fixed config rates; ``None`` when no rate is known."""
+
+    def __init__(self, currency: str, exchange_rates: Mapping[str, Decimal] | None = None) -> None:
+        self.currency = currency.upper()
+        self.rates = dict(exchange_rates or {})
+
+    def __call__(self, amount: Decimal, currency: str) -> Decimal | None:
+        try:
+            return convert_currency(amount, currency, self.currency, reporting_currency=self.currency,
+                                    exchange_rates=self.rates)
+        except ValueError:
+            return None
+
+
+
 class PricingStage:
     """Prices :class:`UsageRecord` objects in place."""
 
@@ -89,7 +103,7 @@ class PricingStage:
                                     default_currency=self.settings.currency)
         self._on_unpriced = on_unpriced
         self._clock = clock
-        self._warned: set[tuple[str, ...]] = set()
+        self._warned: BoundedSet[tuple[str, ...]] = BoundedSet()
         #: ``source`` keys of the catalogs that priced at least one call (the freshness gauge's in_use).
         self.used_catalogs: set[str] = set()
         self._volume: dict[tuple[str | None, str | None, str], VolumeMeter] = {}
@@ -207,12 +221,9 @@ class PricingStage:
         if key in self._warned:
             return
         with self._lock:
-            if key in self._warned:
-                return
-            if len(self._warned) >= _MAX_WARNED:
-                self._warned.clear()
-            self._warned.add(key)
-        logger.log(level, message, *args)
+            first = self._warned.first(key)
+        if first:
+            logger.log(level, message, *args)
 
     def _ambiguous(self, record: UsageRecord, candidates: tuple[PriceEntry, ...]) -> None:
         host = record.server_address or str(record.provider)

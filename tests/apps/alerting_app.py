@@ -25,9 +25,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 
 from otel_llm_usage import BudgetExceeded, usage_context
-from otel_llm_usage._bootstrap import start_prometheus_endpoint
 from otel_llm_usage.config import load_config
 from otel_llm_usage.instrumentor import LLMUsageInstrumentor
+from otel_llm_usage.runtime.bootstrap import start_prometheus_endpoint
 from otel_llm_usage.testing import LoopbackLLMServer
 
 FUNCTIONS = ("live-reply", "room-summary")

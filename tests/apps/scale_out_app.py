@@ -79,7 +79,7 @@ def state() -> dict[str, object]:
     return {
         "writer_thread_alive": bool(thread is not None and thread.is_alive()),
         "writer_thread_id": None if thread is None else thread.ident,
-        "budget_thread_alive": bool(runtime.budgets._thread is not None and runtime.budgets._thread.is_alive()),
+        "budget_thread_alive": runtime.budgets.refresher.running,
         "redis_pool_pid": None if redis is None else redis.connection_pool.pid,
         "degraded_ops": counters.store.degraded_ops,
         "lease_waits": counters.stats.waits,

@@ -19,11 +19,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .attribution import track, usage_context
-from .config import Config
-from .pricing import PricingSettings
-from .reports import breakdown
-from .usage import UsageRecord
+from ..attribution import track, usage_context
+from ..config import Config
+from ..ledger.totals import breakdown
+from ..pricing import PricingSettings
+from ..usage import UsageRecord
 
 __all__ = ["run_demo"]
 
@@ -155,12 +155,12 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from . import get_budget_status
-    from ._bootstrap import start_prometheus_endpoint
-    from .instrumentor import LLMUsageInstrumentor
-    from .testing import LoopbackLLMServer
-    from .testing.ports import free_port, port_is_free
-    from .testing.server import wait_for_interrupt
+    from .. import get_budget_status
+    from ..instrumentor import LLMUsageInstrumentor
+    from ..runtime.bootstrap import start_prometheus_endpoint
+    from ..testing import LoopbackLLMServer
+    from ..testing.ports import free_port, port_is_free
+    from ..testing.server import wait_for_interrupt
 
     # Piped output gets a width that fits the tables rather than rich's 80-column default.
     console = console or Console(width=None if Console().is_terminal else 110)

@@ -28,22 +28,25 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import TracerProvider, get_tracer
 
-from . import _names as N
-from ._fork import reset_after_fork
-from ._guard import internal_error
-from .budgets.config import BudgetConfig
-from .budgets.engine import BudgetEngine, BudgetEvent
-from .config import Config, load_config
-from .instrumentation.lifecycle import CallHandler
-from .ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger, purge_older_than
-from .ledger.counters_memory import MemoryCounterStore
-from .ledger.leases import LeasedCounterStore
-from .ledger.writer import LedgerWriter
+from .. import _names as N
+from .._fork import reset_after_fork, run_in_child
+from .._guard import internal_error
+from ..budgets.config import BudgetConfig
+from ..budgets.engine import BudgetEngine
+from ..budgets.events import BudgetEvent
+from ..budgets.status import BudgetStatus
+from ..config import Config, load_config
+from ..instrumentation.lifecycle import CallHandler
+from ..ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger, purge_older_than
+from ..ledger.counters_memory import MemoryCounterStore
+from ..ledger.leases import LeasedCounterStore
+from ..ledger.totals import breakdown
+from ..ledger.writer import LedgerWriter
+from ..pricing import PriceEntry, PricingStage
+from ..pricing.stage import CostConverter
+from ..telemetry import Telemetry, register_budget_gauges, register_lease_metrics, register_store_metrics
+from ..usage import TokenUsage, UsageRecord
 from .pipeline import Pipeline
-from .pricing import PriceEntry, PricingStage
-from .reports import CostConverter, breakdown
-from .telemetry import Telemetry, register_lease_metrics
-from .usage import TokenUsage, UsageRecord
 
 __all__ = ["Runtime", "active_runtime", "build_runtime"]
 
@@ -96,7 +99,7 @@ class _RestartAfterFork:
 
 
 def _make_pricer(config: Config, clock: Callable[[], float]) -> PricingStep:
-    from .pricing import load_catalog
+    from ..pricing import load_catalog
 
     return PricingStep(PricingStage(load_catalog(config.pricing), config.pricing, clock=clock))
 
@@ -104,17 +107,20 @@ def _make_pricer(config: Config, clock: Callable[[], float]) -> PricingStep:
 class Runtime:
     def __init__(self, config: Config, tracer_provider: TracerProvider | None,
                  meter_provider: MeterProvider | None, *, clock: Callable[[], float] = time.time) -> None:
-        from . import __version__
+        from .. import __version__
 
         self.config = config
-        self.telemetry = Telemetry(config.attribution, meter_provider)
+        # Built by a library call before instrument(): the runtime instrument() builds takes it over.
+        self.lazy = False
+        # The pipeline is built last (its stages are these objects); what they call of it is late-bound.
+        self.telemetry = Telemetry(config.attribution, meter_provider, before_collect=lambda: self.pipeline.drain())
         self.pricer = _make_pricer(config, clock)
         self.store: RecordStore
         self.counters: CounterStore
         if config.ledger.startswith("memory://"):
             # In memory, appending is cheaper than handing off to a writer thread.
             self.store, self.counters = MemoryRecordStore(), MemoryCounterStore(clock)
-            self.ledger: Any = self.store
+            self.ledger: MemoryRecordStore | LedgerWriter = self.store
         else:
             self.store, self.counters = open_ledger(config.ledger, caller_wait=_CALLER_WAIT_S,
                                                     leases=config.budget_leases)
@@ -131,10 +137,12 @@ class Runtime:
             flat_rates=self._flat_rates,
             on_event=lambda e: self.telemetry.budget_event(e.budget, e.scope, e.level),
             on_exit=self._emergency_exit,
+            settle_pending=lambda: self.pipeline.drain(),
             clock=clock,
             max_instances=config.attribution.max_label_values,
         )
-        self.budgets.register_gauges(self.telemetry.meter)
+        register_budget_gauges(self.telemetry.meter, self.budgets.refresh)
+        register_store_metrics(self.telemetry.meter, self.counters)  # the store these budgets count in
         if isinstance(self.counters, LeasedCounterStore):
             register_lease_metrics(self.telemetry.meter, self.counters.backend, self.counters.stats.admissions)
         self._register_hourly_cost()
@@ -152,8 +160,6 @@ class Runtime:
         # (another process may hold it for seconds); past that the counters fail open.
         deferred: list[Any] = [self.pricer, self.budgets, TelemetryStage(self.telemetry), self.ledger]
         self.pipeline = Pipeline([], deferred=deferred, clock=clock)
-        self.telemetry.before_collect = self.pipeline.drain
-        self.budgets.settle_pending = self.pipeline.drain
         tracer = get_tracer("otel_llm_usage", __version__, tracer_provider,
                             schema_url="https://opentelemetry.io/schemas/1.37.0")
         self.handler = CallHandler(
@@ -165,6 +171,26 @@ class Runtime:
             pricer=self.pricer.process,
         )
         reset_after_fork(self)
+
+    def take_over(self, lazy: Runtime) -> None:
+        """Adopt what a runtime built before ``instrument()`` was given: its budget callbacks, the
+        meters of hourly-billed models it started, and the usage it kept in memory (records go to
+        this ledger and count in this runtime's budgets; a shared store already holds them)."""
+        lazy.pipeline.drain()
+        self.budgets.callbacks.extend(lazy.budgets.callbacks)
+        hourly = self.pricer.stage.hourly
+        for model, since in lazy.pricer.stage.hourly.running_since().items():
+            with contextlib.suppress(KeyError):  # not billed by the hour in this config
+                hourly.start_model(model, since)
+        if not (isinstance(lazy.store, MemoryRecordStore) or isinstance(lazy.counters, MemoryCounterStore)):
+            return
+        earlier = lazy.store.query(RecordQuery())
+        if isinstance(lazy.counters, MemoryCounterStore):
+            for record in earlier:
+                self.budgets.process(record)
+        if isinstance(lazy.store, MemoryRecordStore):
+            for record in earlier:
+                self.ledger.process(record)
 
     def _retention_loop(self) -> None:
         """Purge records past ``retention_days`` now and then daily, off the calling threads."""
@@ -192,7 +218,7 @@ class Runtime:
 
     def _watch_catalog_ages(self, clock: Callable[[], float]) -> None:
         """The catalog age gauge, and one start-up warning when a catalog in use is stale."""
-        from .pricing.freshness import catalog_rows, today_utc, warn_if_stale
+        from ..pricing.freshness import catalog_rows, today_utc, warn_if_stale
 
         stage = self.pricer.stage
         self.telemetry.register_catalog_age(
@@ -208,7 +234,7 @@ class Runtime:
         return entry, entry.currency or stage.settings.currency
 
     def _estimate_cost(self, record: UsageRecord, tokens: TokenUsage) -> tuple[Decimal, str] | None:
-        from .pricing import compute_cost
+        from ..pricing import compute_cost
 
         priced = self._priced_entry(record)
         return None if priced is None else (
@@ -216,7 +242,7 @@ class Runtime:
 
     def _flat_rates(self, record: UsageRecord) -> tuple[Decimal, Decimal, str] | None:
         """Per-1M (input, output) prices and currency when the call's price is flat; zero if unpriced."""
-        from .pricing.compute import ZERO, flat_rates
+        from ..pricing.compute import ZERO, flat_rates
 
         priced = self._priced_entry(record)
         if priced is None:
@@ -224,7 +250,7 @@ class Runtime:
         rates = flat_rates(priced[0])
         return None if rates is None else (*rates, priced[1])
 
-    def budget_status(self) -> list[dict[str, Any]]:
+    def budget_status(self) -> list[BudgetStatus]:
         self.pipeline.drain()
         return self.budgets.status()
 
@@ -275,18 +301,14 @@ class Runtime:
         if not self.pipeline.drain(-1 if timeout_s is None else timeout_s):
             return False
         # Budget usage counted locally during a counter-store outage goes to the shared store now.
-        getattr(self.counters, "flush", lambda _: True)(min(2.0, 2.0 if timeout_s is None else timeout_s))
-        flush = getattr(self.ledger, "flush", None)
-        return bool(flush(timeout=timeout_s)) if flush is not None else True
+        self.counters.flush(min(2.0, 2.0 if timeout_s is None else timeout_s))
+        return self.ledger.flush(timeout_s)
 
     def after_fork_in_child(self) -> None:
         """Only the forking thread exists in the child: re-create what the parent's background
         threads may have been holding, and re-arm the refresh thread for the first call."""
         budgets = self.budgets
         budgets.after_fork_in_child()
-        hook = getattr(self.counters, "after_fork_in_child", None)
-        if hook is not None:
-            hook()
         if self.handler.enabled and budgets.budgets:
             self.pipeline.stages.insert(0, _RestartAfterFork(self))
 
@@ -318,22 +340,26 @@ _lock = threading.Lock()
 _active: Runtime | None = None
 
 
+@run_in_child
 def _new_lock_in_child() -> None:
     """Another thread may have held the lock at the fork; the child's copy would never be released."""
     global _lock
     _lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
-
-
 def build_runtime(config: Config | None = None, tracer_provider: TracerProvider | None = None,
                   meter_provider: MeterProvider | None = None, *, clock: Callable[[], float] = time.time) -> Runtime:
+    """The runtime of ``instrument()``. One built lazily before it is taken over, then shut down."""
     global _active
     runtime = Runtime(config or load_config(), tracer_provider, meter_provider, clock=clock)
     with _lock:
-        _active = runtime
+        previous, _active = _active, runtime
+    if previous is not None and previous is not runtime and previous.lazy:
+        try:
+            runtime.take_over(previous)
+        except Exception as exc:
+            internal_error("runtime.take_over", exc)
+        previous.shutdown()
     return runtime
 
 
@@ -343,6 +369,7 @@ def active_runtime(create: bool = True) -> Runtime | None:
     with _lock:
         if _active is None and create:
             _active = Runtime(load_config(), None, None)
+            _active.lazy = True
         return _active
 
 

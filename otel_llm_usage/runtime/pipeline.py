@@ -30,12 +30,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from ._blocking import WouldBlock
-from ._fork import reset_after_fork
-from ._guard import internal_error
-from ._pacing import Pacer
-from .errors import BudgetExceeded
-from .usage import UsageRecord
+from .._blocking import WouldBlock
+from .._fork import reset_after_fork
+from .._guard import internal_error
+from .._pacing import Pacer
+from ..errors import BudgetExceeded
+from ..usage import UsageRecord
 
 __all__ = ["CallIntent", "Pipeline", "PreCallStage", "Stage"]
 

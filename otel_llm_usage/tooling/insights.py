@@ -26,10 +26,10 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .pricing import PriceCatalog, compute_cost
-from .pricing.compute import price_buckets, rates_for, split_tokens, thinking_mode
+from ..pricing import PriceCatalog, compute_cost
+from ..pricing.compute import price_buckets, rates_for, split_tokens, thinking_mode
+from ..usage import UsageRecord
 from .reports import month_end_forecast
-from .usage import UsageRecord
 
 __all__ = ["CHEAPER_MODEL", "Forecast", "Insights", "Suggestion", "WhatIfRow", "compute_insights", "forecast"]
 
@@ -128,10 +128,10 @@ class Insights:
                 return [conv(v) for v in value]
             return value
 
-        out = conv(asdict(self))
+        out: dict[str, Any] = conv(asdict(self))
         for row, data in zip(self.what_if, out["what_if"], strict=True):
             data["saving"] = str(row.saving)
-        return out  # type: ignore[no-any-return]
+        return out
 
 
 class _Pricer:

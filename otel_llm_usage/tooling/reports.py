@@ -29,29 +29,25 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from ._names import UNKNOWN
-from .pricing.stage import convert_currency
-from .usage import UsageRecord
+from ..ledger.totals import Converter, Totals, breakdown, summarize
+from ..pricing.stage import CostConverter
+from ..usage import UsageRecord
 
 __all__ = [
     "ANOMALY_SIGMA",
     "DIMENSIONS",
     "FORECAST_DAYS",
-    "CostConverter",
-    "Totals",
     "anomalies",
-    "breakdown",
     "build_report",
     "day_start",
     "month_end_forecast",
     "sparkline",
-    "summarize",
 ]
 
 DIMENSIONS = ("provider", "model", "function", "user", "anchor", "session")
@@ -62,106 +58,6 @@ DAY_WINDOW = 7
 HOUR_WINDOW = 7 * 24
 NANO = Decimal("1e-9")
 _SPARKS = "▁▂▃▄▅▆▇█"
-
-
-class CostConverter:
-    """Record cost → reporting currency with fixed config rates; ``None`` when no rate is known."""
-
-    def __init__(self, currency: str, exchange_rates: Mapping[str, Decimal] | None = None) -> None:
-        self.currency = currency.upper()
-        self.rates = dict(exchange_rates or {})
-
-    def __call__(self, amount: Decimal, currency: str) -> Decimal | None:
-        try:
-            return convert_currency(amount, currency, self.currency, reporting_currency=self.currency,
-                                    exchange_rates=self.rates)
-        except ValueError:
-            return None
-
-
-Converter = Callable[[Decimal, str], "Decimal | None"]
-
-
-@dataclass
-class Totals:
-    """Calls, tokens and cost of a set of records."""
-
-    requests: int = 0
-    ok: int = 0
-    errors: int = 0
-    blocked: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost: Decimal = Decimal(0)
-    unpriced_requests: int = 0
-    unpriced_tokens: int = 0
-    unconverted: dict[str, Decimal] = field(default_factory=dict)
-    first: float | None = None
-    last: float | None = None
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    @property
-    def success_rate(self) -> float | None:
-        return self.ok / self.requests if self.requests else None
-
-    def add(self, rec: UsageRecord, convert: Converter) -> None:
-        self.requests += 1
-        self.ok += rec.status == "ok"
-        self.errors += rec.status == "error"
-        self.blocked += rec.status == "blocked"
-        t = rec.tokens
-        self.input_tokens += t.input_tokens
-        self.output_tokens += t.output_tokens
-        self.cached_input_tokens += t.cached_input_tokens
-        self.reasoning_tokens += t.reasoning_tokens
-        self.first = rec.timestamp if self.first is None else min(self.first, rec.timestamp)
-        self.last = rec.timestamp if self.last is None else max(self.last, rec.timestamp)
-        if rec.cost is None:
-            self.unpriced_requests += 1
-            self.unpriced_tokens += t.total_tokens
-            return
-        converted = convert(rec.cost, rec.currency) if rec.currency else rec.cost
-        if converted is None:
-            ccy = str(rec.currency)
-            self.unconverted[ccy] = self.unconverted.get(ccy, Decimal(0)) + rec.cost
-        else:
-            self.cost += converted
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests, "ok": self.ok, "errors": self.errors, "blocked": self.blocked,
-            "success_rate": self.success_rate,
-            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "cached_input_tokens": self.cached_input_tokens, "reasoning_tokens": self.reasoning_tokens,
-            "total_tokens": self.total_tokens, "cost": self.cost,
-            "unpriced_requests": self.unpriced_requests, "unpriced_tokens": self.unpriced_tokens,
-            "unconverted": dict(self.unconverted), "first": self.first, "last": self.last,
-        }
-
-
-def summarize(records: Iterable[UsageRecord], convert: Converter) -> Totals:
-    totals = Totals()
-    for rec in records:
-        totals.add(rec, convert)
-    return totals
-
-
-def _key(rec: UsageRecord, dimension: str) -> str:
-    value = rec.model if dimension == "model" else getattr(rec, dimension)
-    return str(value) if value else UNKNOWN
-
-
-def breakdown(records: Iterable[UsageRecord], dimension: str, convert: Converter) -> list[tuple[str, Totals]]:
-    """Totals per distinct value of ``dimension``, most expensive first (then most calls, then name)."""
-    groups: dict[str, Totals] = defaultdict(Totals)
-    for rec in records:
-        groups[_key(rec, dimension)].add(rec, convert)
-    return sorted(groups.items(), key=lambda kv: (-kv[1].cost, -kv[1].requests, kv[0]))
 
 
 def sparkline(values: Sequence[float]) -> str:
@@ -230,7 +126,7 @@ def month_end_forecast(day_cost: Callable[[date], Decimal], first_day: date | No
                        current_day: date) -> dict[str, Any]:
     """Month-end forecast from the recent daily average (module docstring has the formula).
 
-    Shared with :mod:`otel_llm_usage.insights`, which adds a trend fit and the budget-exhaustion day.
+    Shared with :mod:`otel_llm_usage.tooling.insights`, which adds a trend fit and the budget-exhaustion day.
     """
     month_start = current_day.replace(day=1)
     next_month = (month_start + timedelta(days=32)).replace(day=1)

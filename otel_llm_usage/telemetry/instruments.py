@@ -1,149 +1,33 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Every instrument this package emits, created once, and the label policy behind them.
+"""Every instrument this package emits, created once, and how one record is recorded into them.
 
-Metric labels are low-cardinality by construction: each attribution label has
-a distinct-value cap (beyond it values become ``__overflow__``), values are
-length-capped, and labels can be dropped in config. Spans carry the detail.
+Metric labels are low-cardinality by construction (see ``labels``); spans carry the detail.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter_provider
 
-from . import _names as N
-from ._guard import internal_error, set_error_sink
-from .config import AttributionSettings
-from .usage import UsageRecord, billable_breakdown
+from .. import _names as N
+from .._bounded import BoundedDict
+from .._guard import internal_error, set_error_sink
+from ..config import AttributionSettings
+from ..usage import UsageRecord, billable_breakdown
+from .attributes import semconv_attributes
+from .labels import LabelPolicy
 
-__all__ = ["LabelPolicy", "Telemetry", "put_present", "register_store_metrics", "semconv_attributes"]
+__all__ = ["Telemetry"]
 
 # Bucket advice from the GenAI semantic conventions (gen-ai-metrics, read 2026-11-26).
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 _ATTR_CACHE_MAX = 20_000
 _LABEL_CACHE_MAX = 4096  # its entries are the largest; high-cardinality users mostly fold into overflow
-
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-def _memo(cache: dict[_K, _V], key: _K, build: Callable[[], _V], limit: int) -> _V:
-    """``cache[key]``, built on first use; past ``limit`` entries the cache starts over (bounded
-    memory under high cardinality; a rebuilt entry is equal to the dropped one)."""
-    value = cache.get(key)
-    if value is None:
-        if len(cache) >= limit:
-            cache.clear()
-        value = cache[key] = build()
-    return value
-
-
-def put_present(attrs: dict[str, Any], pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    """Add each (key, value) whose value is set: OTel attributes must not be None."""
-    for key, value in pairs:
-        if value is not None and value != "" and value != 0:
-            attrs[key] = value
-    return attrs
-
-
-def semconv_attributes(record: UsageRecord) -> dict[str, Any]:
-    """The GenAI identity attributes shared by the span and the semconv histograms."""
-    return put_present(
-        {N.GEN_AI_OPERATION_NAME: record.operation, N.GEN_AI_PROVIDER_NAME: record.provider},
-        ((N.GEN_AI_REQUEST_MODEL, record.request_model), (N.GEN_AI_RESPONSE_MODEL, record.response_model),
-         (N.SERVER_ADDRESS, record.server_address), (N.SERVER_PORT, record.server_port)),
-    )
-
-
-class StoreHealth(Protocol):
-    """What :class:`~otel_llm_usage.ledger.resilient.FailOpenCounterStore` exposes for its metrics."""
-
-    backend: str
-    degraded_by_op: Mapping[str, int]
-
-    @property
-    def degraded(self) -> bool: ...
-
-
-def register_store_metrics(meter: Meter, store: object) -> None:
-    """``llm_usage_store_degraded_operations_total{store,operation}`` and ``llm_usage_store_up{store}``
-    for a fail-open counter store; nothing for a store that cannot fail (memory).
-
-    Both are read from the store's own counts at collection time, so the hot path pays nothing and
-    the totals are exact (the on_degraded callback would cost a metric add per local answer)."""
-    if not all(hasattr(store, a) for a in ("backend", "degraded_by_op", "degraded")):
-        return
-    health: StoreHealth = store  # type: ignore[assignment]
-
-    def degraded_ops(options: CallbackOptions) -> list[Observation]:
-        return [Observation(n, {"store": health.backend, "operation": op})
-                for op, n in list(health.degraded_by_op.items())]
-
-    def up(options: CallbackOptions) -> list[Observation]:
-        return [Observation(0 if health.degraded else 1, {"store": health.backend})]
-
-    meter.create_observable_counter(
-        N.METRIC_STORE_DEGRADED_OPS, [degraded_ops],
-        description="Budget counter operations answered locally because the shared store failed.")
-    meter.create_observable_gauge(
-        N.METRIC_STORE_UP, [up],
-        description="1 while the shared budget counter store answers, 0 while budgets run on local counts.")
-
-
-def register_lease_metrics(meter: Meter, backend: str, stats: Callable[[], dict[str, int]]) -> None:
-    """``llm_usage_budget_admissions_total{store,path}``: how budget checks on a leased store were
-    answered: ``local`` (from the lease), ``store`` (the calling thread waited for the store),
-    ``thread`` (an event loop handed the wait to a worker thread), ``refused_locally``."""
-
-    def observe(options: CallbackOptions) -> list[Observation]:
-        return [Observation(n, {"store": backend, "path": path}) for path, n in stats().items()]
-
-    meter.create_observable_counter(N.METRIC_BUDGET_ADMISSIONS, [observe],
-                                    description="Budget admission checks on a leased store, by how they were answered.")
-
-
-class LabelPolicy:
-    """Turns raw attribution values into bounded, sanitized metric label values."""
-
-    def __init__(self, settings: AttributionSettings) -> None:
-        self.enabled = frozenset(settings.metric_labels)
-        self.max_values = settings.max_label_values
-        self.max_length = settings.max_label_length
-        self._hash_key = (settings.hash_key or "").encode() if settings.hash_users else None
-        self._seen: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-
-    def hash_user(self, user: str | None) -> str | None:
-        """HMAC the user id when configured, so raw ids never leave the process."""
-        if user is None or self._hash_key is None:
-            return user
-        return hmac.new(self._hash_key, user.encode(), hashlib.sha256).hexdigest()[:16]
-
-    def value(self, label: str, raw: str | None) -> str:
-        if raw is None or raw == "":
-            return N.UNKNOWN
-        value = raw if len(raw) <= self.max_length else raw[: self.max_length]
-        if label in ("provider", "model"):
-            return value  # bounded by the providers and catalog, not by users
-        seen = self._seen.get(label)
-        if seen is not None and value in seen:
-            return value
-        with self._lock:
-            seen = self._seen.setdefault(label, set())
-            if value in seen:
-                return value
-            if len(seen) >= self.max_values:
-                return N.OVERFLOW
-            seen.add(value)
-        return value
 
 
 class _Sums:
@@ -181,8 +65,9 @@ class _Sums:
 class Telemetry:
     """Creates the instruments once and records one :class:`UsageRecord` into them."""
 
-    def __init__(self, settings: AttributionSettings, meter_provider: MeterProvider | None = None) -> None:
-        from . import __version__
+    def __init__(self, settings: AttributionSettings, meter_provider: MeterProvider | None = None, *,
+                 before_collect: Callable[[], object] | None = None) -> None:
+        from .. import __version__
 
         self.labels = LabelPolicy(settings)
         meter: Meter = (meter_provider or get_meter_provider()).get_meter(
@@ -208,7 +93,7 @@ class Telemetry:
         )
         # Records recorded off the calling thread (see pipeline.py) are drained into the instruments
         # before a reader collects them, so a scrape right after a call sees that call.
-        self.before_collect: Callable[[], object] | None = None
+        self.before_collect = before_collect
         self.requests, self.tokens, self.cost = _Sums(), _Sums(), _Sums()
         meter.create_observable_counter(N.METRIC_REQUESTS, [self._observer(self.requests)],
                                         description="LLM calls, by outcome.")
@@ -222,9 +107,11 @@ class Telemetry:
             N.METRIC_INTERNAL_ERRORS, description="Faults inside otel-llm-usage (the host call was unaffected)."
         )
         self.meter = meter
-        self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self._label_cache: dict[tuple[Any, ...], tuple[dict[str, Any], tuple[Any, ...]]] = {}
-        self._semconv_cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+        self._attr_cache: BoundedDict[tuple[Any, ...], dict[str, Any]] = BoundedDict(_ATTR_CACHE_MAX)
+        self._label_cache: BoundedDict[tuple[Any, ...], tuple[dict[str, Any], tuple[Any, ...]]] = \
+            BoundedDict(_LABEL_CACHE_MAX)
+        self._semconv_cache: BoundedDict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = \
+            BoundedDict(_ATTR_CACHE_MAX)
         set_error_sink(lambda kind: self.internal_errors.add(1, {"kind": kind}))
         self.ledger_dropped = meter.create_counter(
             N.METRIC_LEDGER_DROPPED, description="Usage records the ledger could not write and dropped, by reason.")
@@ -261,11 +148,11 @@ class Telemetry:
             return base, tuple(base.values())
 
         raw = (record.provider, record.model, record.function, record.user, record.session, record.anchor)
-        return _memo(self._label_cache, raw, build, _LABEL_CACHE_MAX)
+        return self._label_cache.memo(raw, build)
 
     def _cached(self, key: tuple[Any, ...], build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         # Reusing attribute dicts avoids per-call dict churn on the hot path.
-        return _memo(self._attr_cache, key, build, _ATTR_CACHE_MAX)
+        return self._attr_cache.memo(key, build)
 
     def record(self, record: UsageRecord) -> None:
         base, base_key = self._labels_of(record)
@@ -296,7 +183,7 @@ class Telemetry:
 
         key = (record.operation, record.provider, record.request_model, record.response_model,
                record.server_address, record.server_port, record.error_type)
-        return _memo(self._semconv_cache, key, build, _ATTR_CACHE_MAX)
+        return self._semconv_cache.memo(key, build)
 
     def _record_semconv(self, record: UsageRecord) -> None:
         if record.status == "blocked":

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from .testing.ports import free_port
+from ..testing.ports import free_port
 
 __all__ = [
     "APP_JOB",
@@ -58,7 +58,7 @@ class StackError(RuntimeError):
 
 def default_deploy_dir() -> Path:
     """``deploy/`` of this checkout, else of the current directory."""
-    here = Path(__file__).resolve().parents[1] / "deploy"
+    here = Path(__file__).resolve().parents[2] / "deploy"
     return here if here.is_dir() else Path.cwd() / "deploy"
 
 

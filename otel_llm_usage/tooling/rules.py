@@ -4,7 +4,7 @@
 ::
 
     from otel_llm_usage.config import load_config
-    from otel_llm_usage.rules import generate_rules, as_prometheus_rule, dump_yaml
+    from otel_llm_usage.tooling.rules import generate_rules, as_prometheus_rule, dump_yaml
 
     rules = generate_rules(load_config("otel-llm-usage.yaml"), dashboard_url="https://grafana.example.com")
     print(dump_yaml(as_prometheus_rule(rules, "llm-budgets", "monitoring")))
@@ -16,7 +16,7 @@ where the window has a fixed length and the limit can be summed from the usage
 counters, a check computed by Prometheus alone that still works when the app's
 budget gauges are gone (the process died, or another replica enforces).
 
-``python -m otel_llm_usage.rules --write`` regenerates the Kubernetes
+``python -m otel_llm_usage.tooling.rules --write`` regenerates the Kubernetes
 ``PrometheusRule`` from the static rule files under ``deploy/prometheus/rules``.
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
-from .budgets.config import BudgetConfig, parse_rolling
-from .config import Config
+from ..budgets.config import BudgetConfig, parse_rolling
+from ..config import Config
 
 __all__ = [
     "DEFAULT_DASHBOARD_URL",
@@ -47,7 +47,7 @@ __all__ = [
 #: Base URL written into ``dashboard`` annotations: the Grafana of deploy/docker-compose.yml.
 DEFAULT_DASHBOARD_URL = "http://localhost:3000"
 BUDGETS_DASHBOARD_PATH = "/d/llm-usage-budgets"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STATIC_RULE_FILES = ("llm-usage-recording.yml", "llm-usage-alerts.yml")
 # Fixed-length windows Prometheus can sum over. Calendar windows (day, hour, week) are approximated by the
 # trailing range, which is never shorter than the part of the window elapsed, so the check errs early.
@@ -264,7 +264,7 @@ def static_rules(deploy_dir: Path = REPO_ROOT / "deploy", *,
 def kubernetes_rule_yaml(root: Path = REPO_ROOT, dashboard_url: str = DEFAULT_DASHBOARD_URL) -> str:
     manifest = as_prometheus_rule(static_rules(root / "deploy", dashboard_url=dashboard_url),
                                   "otel-llm-usage", "monitoring", labels={"release": "prometheus"})
-    header = ("# Generated from deploy/prometheus/rules/*.yml by `python -m otel_llm_usage.rules --write`;"
+    header = ("# Generated from deploy/prometheus/rules/*.yml by `python -m otel_llm_usage.tooling.rules --write`;"
               " do not edit.\n")
     return header + dump_yaml(manifest)
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Render :class:`~otel_llm_usage.insights.Insights` as a self-contained HTML page.
+"""Render :class:`~otel_llm_usage.tooling.insights.Insights` as a self-contained HTML page.
 
 Charts are drawn with matplotlib (extra ``[insights]``) into inline SVG, so
 the file opens offline and can be mailed or attached to a CI run.

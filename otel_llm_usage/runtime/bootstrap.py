@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
+from .._fork import run_in_child
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
 
@@ -151,7 +153,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _flush_all(timeout_s: float) -> None:
-    from .runtime import active_runtime
+    from .core import active_runtime
 
     runtime = active_runtime(create=False)
     if runtime is not None:
@@ -189,8 +191,7 @@ def _sdk_renews_instance_id() -> bool:
     return hasattr(resources, "ServiceInstanceIdResourceDetector")
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+run_in_child(_after_fork_in_child)
 
 
 def _setup_metrics(env: Mapping[str, str], resource: Resource) -> None:
