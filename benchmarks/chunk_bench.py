@@ -31,7 +31,9 @@ def _invocation_factory() -> Any:
 
     from otel_llm_usage.attribution import Attribution
     from otel_llm_usage.config import AttributionSettings
-    from otel_llm_usage.instrumentation.lifecycle import CallHandler, CallSpec, Invocation, RequestInfo
+    from otel_llm_usage.instrumentation.contract import CallSpec, RequestInfo
+    from otel_llm_usage.instrumentation.invocation import Invocation
+    from otel_llm_usage.instrumentation.lifecycle import CallHandler
     from otel_llm_usage.instrumentation.openai import OpenAIAdapter
     from otel_llm_usage.runtime.pipeline import Pipeline
     from otel_llm_usage.telemetry import LabelPolicy
@@ -62,7 +64,7 @@ def run(chunks: int, repeats: int) -> dict[str, Any]:
         source = stream()
         if proxy:
             inv = new_invocation()
-            inv.usage_expected = True  # what prepare() notes for a request that asks for usage
+            inv.expect_stream_usage(injected=False)  # what prepare() notes for a request that asks for usage
             inv.done = True  # finalizing is the per-call cost, measured elsewhere
             source = StreamProxy(source, inv)
         start = time.perf_counter()

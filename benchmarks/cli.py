@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from otel_llm_usage.testing.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 from . import breakdown, overhead
 from .fleet_bench import run_fleet
@@ -150,17 +150,13 @@ def run_all(quick: bool) -> dict[str, Any]:
 def _start_cluster(stack: contextlib.ExitStack) -> tuple[str | None, str | None]:
     """(ledger URL of a local three-master Redis Cluster, None) or (None, why there is none)."""
     from otel_llm_usage.ledger.urls import ledger_url_problem
-    from otel_llm_usage.testing import redis_server
+    from tests.support.redis_server import RedisClusterServer
 
-    # Looked up rather than imported: the starter may not exist in every version of the package.
-    starter: Any = getattr(redis_server, "RedisClusterServer", None)
-    if starter is None:
-        return None, "RedisClusterServer not importable from otel_llm_usage.testing.redis_server"
     problem = ledger_url_problem("redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/0")
     if problem is not None:  # checked before starting three servers for nothing
         return None, f"the ledger does not accept redis+cluster:// URLs yet ({problem})"
     try:
-        cluster = starter.start_if_available()
+        cluster = RedisClusterServer.start_if_available()
     except Exception as exc:  # a cluster that cannot form skips its rows, it does not end the run
         return None, f"Redis Cluster did not start: {type(exc).__name__}: {exc}"[:300]
     if cluster is None:

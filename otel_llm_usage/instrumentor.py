@@ -28,7 +28,8 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from .attribution import carry_attribution
 from .config import Config, ConfigError, load_config
-from .instrumentation.lifecycle import CallHandler, Router, fixed_route, note_attempt
+from .instrumentation.contract import Router, fixed_route
+from .instrumentation.lifecycle import CallHandler, note_attempt
 from .runtime.core import Runtime, build_runtime, clear_runtime
 
 __all__ = ["LLMUsageInstrumentor"]

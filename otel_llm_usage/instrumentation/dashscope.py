@@ -49,7 +49,8 @@ from urllib.parse import urlsplit
 from .. import _names as N
 from ..config import Config
 from ..usage import TokenUsage, count_text, normalize_usage, read_field, safe_int
-from .lifecycle import CallSpec, Invocation, RequestInfo
+from .contract import CallSpec, RequestInfo
+from .invocation import Invocation
 from .streams import STREAM_PROXIES
 
 __all__ = ["PROVIDER", "SURFACES", "DashScopeAdapter", "Surface", "server_from_url", "targets"]

@@ -36,9 +36,10 @@ from urllib.parse import urlsplit
 
 from .. import _names as N
 from ..usage import count_text, fields_of, normalize_usage, read_field
-from .lifecycle import OUTPUT_TEXT_SAMPLE_CHUNKS, CallSpec, Invocation, RequestInfo, Router
+from .contract import CallSpec, RequestInfo, Router
+from .invocation import Invocation
+from .openai_streams import OPENAI_STREAM_PROXIES
 from .providers import provider_from_endpoint
-from .streams import AsyncStreamProxy, Proxy, StreamProxy, end_early
 
 __all__ = ["ATTEMPT_HOOKS", "CLIENT_METHODS", "ROUTES", "OpenAIAdapter", "router"]
 
@@ -125,48 +126,8 @@ def router(chat: OpenAIAdapter, responses: OpenAIAdapter) -> Router:
     return route
 
 
-class _ClosingResponse(Proxy):
-    """An HTTP response whose ``close`` / ``aclose`` also finalizes the call it belongs to."""
-
-    def __init__(self, wrapped: Any, inv: Invocation) -> None:
-        super().__init__(wrapped)
-        self._self_inv = inv
-
-    def close(self) -> Any:
-        try:
-            return self.__wrapped__.close()
-        finally:
-            end_early(self._self_inv)
-
-    async def aclose(self) -> Any:
-        try:
-            return await self.__wrapped__.aclose()
-        finally:
-            end_early(self._self_inv)
-
-
-class _ResponseEndsTheCall:
-    """The SDK's stream helpers (``chat.completions.stream``, ``responses.stream``) close the HTTP
-    response directly when their ``with`` block ends early; they get one that tells us."""
-
-    __wrapped__: Any
-    _self_inv: Invocation
-
-    @property
-    def response(self) -> Any:
-        return _ClosingResponse(self.__wrapped__.response, self._self_inv)
-
-
-class _Stream(_ResponseEndsTheCall, StreamProxy):
-    pass
-
-
-class _AsyncStream(_ResponseEndsTheCall, AsyncStreamProxy):
-    pass
-
-
 class OpenAIAdapter:
-    stream_proxies: tuple[type[StreamProxy], type[AsyncStreamProxy]] = (_Stream, _AsyncStream)
+    stream_proxies = OPENAI_STREAM_PROXIES
 
     def __init__(self, *, provider_hosts: dict[str, str] | None = None, capture_content: bool = False,
                  capture_max_chars: int = 4096, stream_include_usage: bool = True,
@@ -252,12 +213,12 @@ class OpenAIAdapter:
         changes: dict[str, Any] = {}
         if (self.stream_include_usage and inv.record.streamed and inv.record.operation in _STREAM_USAGE_OPS
                 and not self.responses_api and not _given(body.get("stream_options"))):
-            inv.stream_usage_injected = inv.usage_expected = True
+            inv.expect_stream_usage(injected=True)
             changes["stream_options"] = {"include_usage": True}
         else:
             asked = body.get("stream_options")
             if isinstance(asked, Mapping) and asked.get("include_usage") is True:
-                inv.usage_expected = True
+                inv.expect_stream_usage(injected=False)
         if "downgraded_from" in inv.record.request_params:
             changes["model"] = inv.record.request_model
         if not changes or not isinstance(getattr(options, "json_data", None), Mapping):
@@ -329,19 +290,17 @@ class OpenAIAdapter:
             usage, choices = fields["usage"], fields["choices"]
         except (AttributeError, KeyError):
             usage, choices = read_field(chunk, "usage"), read_field(chunk, "choices")
-        if choices and usage is None:
-            inv.output_chunks += 1
-            if inv.usage_expected and inv.output_chunks > OUTPUT_TEXT_SAMPLE_CHUNKS:
-                # Usage arrives in the last chunk; the text sample only backs an estimate if it
-                # never does (see Invocation._estimate_usage). Past it, only finish reasons matter.
-                for choice in choices:
-                    try:
-                        reason = choice.__dict__["finish_reason"]
-                    except (AttributeError, KeyError):
-                        reason = read_field(choice, "finish_reason")
-                    if reason:
-                        rec.finish_reasons = (*rec.finish_reasons, str(reason))
-                return True
+        if choices and usage is None and inv.output.text_chunk_past_sample():
+            # Usage arrives in the last chunk; the text sample only backs an estimate if it
+            # never does (see Invocation._estimate_usage). Past it, only finish reasons matter.
+            for choice in choices:
+                try:
+                    reason = choice.__dict__["finish_reason"]
+                except (AttributeError, KeyError):
+                    reason = read_field(choice, "finish_reason")
+                if reason:
+                    rec.finish_reasons = (*rec.finish_reasons, str(reason))
+            return True
         if rec.response_model is None:
             model = read_field(chunk, "model")
             if isinstance(model, str) and model:
@@ -366,7 +325,7 @@ class OpenAIAdapter:
                     rec.finish_reasons = (*rec.finish_reasons, str(reason))
             return True
         # The usage-only chunk that exists because we asked for it: hide it.
-        return not (inv.stream_usage_injected and usage is not None)
+        return not inv.output.hides(usage is not None)
 
     def _on_response_event(self, inv: Invocation, event: Any, event_type: str) -> bool:
         if event_type == "response.output_text.delta":

@@ -22,7 +22,7 @@ import wrapt
 from pydantic import BaseModel
 
 from .._guard import internal_error
-from .lifecycle import Invocation
+from .invocation import Invocation
 
 __all__ = ["STREAM_PROXIES", "AsyncStreamProxy", "Proxy", "StreamProxy", "end_early", "wrap_result", "wrap_stream"]
 
@@ -38,7 +38,7 @@ def end_early(inv: Invocation, exc: BaseException | None = None, *, dropped: boo
     ``dropped`` its iterator with chunks unread (always abandoned, even when a provider that
     reports cumulative usage on every chunk already gave a partial total). Otherwise abandoned
     means usage never arrived. An exception the caller raised inside ``with`` is the call's error."""
-    abandoned = dropped or not inv.usage_seen
+    abandoned = dropped or not inv.output.usage_seen
     if exc is None or isinstance(exc, GeneratorExit):
         inv.finish(abandoned=abandoned)
     else:
@@ -46,8 +46,9 @@ def end_early(inv: Invocation, exc: BaseException | None = None, *, dropped: boo
 
 
 def _on_chunk(inv: Invocation, chunk: Any) -> bool:
-    if inv.first_chunk_at is None:
-        inv.on_first_chunk()
+    output = inv.output
+    if output.first_chunk_at is None:
+        output.first_chunk()
     try:
         return inv.adapter.on_chunk(inv, chunk)
     except Exception as exc:
@@ -86,11 +87,12 @@ def _chunks(inv: Invocation, it: Iterator[Any]) -> Iterator[Any]:
     primes it to the bare ``yield`` first: a generator that never started runs no code when it is
     closed or collected, a primed one runs the ``GeneratorExit`` branch."""
     on_chunk = inv.adapter.on_chunk
+    output = inv.output
     try:
         yield None
         for chunk in it:
-            if inv.first_chunk_at is None:
-                inv.on_first_chunk()
+            if output.first_chunk_at is None:
+                output.first_chunk()
             try:
                 keep = on_chunk(inv, chunk)
             except Exception as exc:

@@ -19,14 +19,14 @@ budgets to local counting instead of failing calls.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from .base import NANOS, Amount, CounterStore, Limit, RecordQuery, RecordStore, from_nanos, to_nanos
-from .counters_memory import MemoryCounterStore
 from .leases import LeasedCounterStore
-from .memory import MemoryRecordStore
+from .memory import MemoryCounterStore, MemoryRecordStore
 from .resilient import FailOpenCounterStore
 from .sqlite import SqliteCounterStore, SqliteDatabase, SqliteRecordStore, default_sqlite_path
 from .urls import ledger_url_problem
@@ -61,7 +61,8 @@ _DAY_S = 86_400.0
 
 
 def open_ledger(url: str, *, probe_interval: float = 5.0, caller_wait: float | None = None,
-                leases: LeaseSettings | None = None) -> tuple[RecordStore, CounterStore]:
+                leases: LeaseSettings | None = None,
+                clock: Callable[[], float] = time.time) -> tuple[RecordStore, CounterStore]:
     """The record store and counter store a ``ledger:`` URL names. The caller closes both.
 
     Raises :class:`~otel_llm_usage.errors.ConfigError` for an unknown scheme, a relative SQLite
@@ -76,7 +77,7 @@ def open_ledger(url: str, *, probe_interval: float = 5.0, caller_wait: float | N
         raise ConfigError(f"ledger {url!r}: {problem}")
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
-        return MemoryRecordStore(), MemoryCounterStore()
+        return MemoryRecordStore(), MemoryCounterStore(clock)  # ``clock``: budget windows in tests
     if scheme == "sqlite":
         db = SqliteDatabase(unquote(urlsplit(url).path) or default_sqlite_path(), caller_wait=caller_wait)
         records: RecordStore = SqliteRecordStore(db)

@@ -96,6 +96,9 @@ class CounterStore(Protocol):
     several for rolling ones); ``inflight_key`` holds outstanding reservations of one budget instance.
     Every method is atomic with respect to other processes sharing the store."""
 
+    #: Other processes count in these counters too (SQLite, Redis); ``False``: this process alone.
+    shared: bool
+
     def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
                     ttl_s: int | None) -> tuple[bool, Amount, Amount]:
         """Admit iff ``used + inflight`` is below ``limit`` on every limited axis; if admitted,
@@ -157,6 +160,9 @@ class RecordQuery:
 
 @runtime_checkable
 class RecordStore(Protocol):
+    #: Writes wait on a file or the network: they get a writer thread of their own (``LedgerWriter``).
+    writes_block: bool
+
     def append(self, records: Sequence[UsageRecord]) -> None:
         """Write a batch; raise on failure (the writer retries and buffers)."""
         ...

@@ -45,115 +45,37 @@ A process that dies without handing back (killed, out of memory) cannot, so each
 :class:`~otel_llm_usage.ledger.base.Holder`: the store keeps what every holder holds and when
 it last heard from it, and a holder silent for :data:`HOLDER_TTL_FACTOR` × ``ttl_s`` loses its
 lease to the next request of anyone (the background thread renews a held lease every
-``ttl_s``). A live process that could not reach the store for :data:`_LOCAL_SHARE` of that
+``ttl_s``). A live process that could not reach the store for :data:`LOCAL_SHARE` of that
 time (its threads starved, the machine paused) stops admitting from its lease, and its next
 request hands the whole of it back: it never admits from a lease the store may have taken.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from .._blocking import WouldBlock, may_wait
 from .._fork import reset_after_fork
 from .._guard import internal_error
-from .base import INT64_MAX, Amount, Holder, Limit, saturated
+from ._lease_state import (
+    ALL,
+    HOLDER_TTL_FACTOR,
+    LOCAL_SHARE,
+    ZERO,
+    Lease,
+    LeaseStats,
+    floor0,
+    holder_id,
+    min_amount,
+    on_limited,
+)
+from .base import Amount, Holder, Limit, saturated
 from .resilient import FailOpenCounterStore, flush_at_exit
 
 __all__ = ["HOLDER_TTL_FACTOR", "LeaseStats", "LeasedCounterStore"]
-
-_ZERO = Amount()
-_ALL = Amount(INT64_MAX, INT64_MAX)  # a release of "all I hold": the store takes at most the holder's lease
-
-#: A holder's lease is taken from it after this many ``ttl_s`` without news (renewals come every ``ttl_s``).
-HOLDER_TTL_FACTOR = 3
-# A process admits from its lease for this share of the holder TTL after its last answer from the store
-# (measured from when it asked): the rest is margin for clocks running at slightly different rates.
-_LOCAL_SHARE = 0.8
-
-
-def _holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def _floor0(a: Amount) -> Amount:
-    return Amount(max(0, a.cost_nanos), max(0, a.tokens))
-
-
-def _on_limited(limit: Limit, a: Amount) -> Amount:
-    """``a`` on the axes ``limit`` limits; leases hold nothing on the others."""
-    return Amount(0 if limit.cost_nanos is None else a.cost_nanos, 0 if limit.tokens is None else a.tokens)
-
-
-def _min(a: Amount, b: Amount) -> Amount:
-    return Amount(min(a.cost_nanos, b.cost_nanos), min(a.tokens, b.tokens))
-
-
-@dataclass(slots=True)
-class _Lease:
-    """This process's share of one budget instance (one in-flight key)."""
-
-    used_keys: tuple[str, ...]
-    limit: Limit
-    ttl_s: int | None
-    granted: Amount = _ZERO  # held on the store's in-flight key for this process
-    inflight: Amount = _ZERO  # reservations of calls admitted here and not settled yet
-    unflushed: dict[str, Amount] = field(default_factory=dict)  # bucket -> settled, not written yet
-    unflushed_total: Amount = _ZERO
-    seen_used: Amount = _ZERO  # the store's used at the last contact
-    others: Amount = _ZERO  # the store's in-flight that is not this lease, at the last contact
-    last_grant: Amount = _ZERO
-    renew_at: float = 0.0
-    busy: bool = False  # admitted a call since the last renewal
-    refused_until: float = 0.0  # the store said "at the limit" this recently: refuse without asking again
-    flight: threading.Event | None = None  # set when the request a thread has in flight with the store ends
-    refill: bool = False  # below the low-water mark: the background thread tops it up
-    valid_until: float = 0.0  # admit from the lease until then (the store may take it some time after)
-    lost: bool = False  # the lease went stale: the next request hands back all the store still holds of it
-
-    def free(self) -> Amount:
-        return _on_limited(self.limit, self.granted - self.inflight - self.unflushed_total)
-
-    def fits(self, reservation: Amount) -> bool:
-        """The free part covers ``reservation`` and is not empty on a limited axis: a call reserving
-        nothing (an unpriced model on a cost budget) is admitted only while the lease holds some
-        allowance, as the store admits it only below the limit."""
-        free, need, limit = self.free(), _on_limited(self.limit, reservation), self.limit
-        return ((limit.cost_nanos is None or free.cost_nanos >= max(need.cost_nanos, 1))
-                and (limit.tokens is None or free.tokens >= max(need.tokens, 1)))
-
-    def low(self, fraction: float) -> bool:
-        free, grant = self.free(), self.last_grant
-        return free.cost_nanos < grant.cost_nanos * fraction or free.tokens < grant.tokens * fraction
-
-    def idle(self) -> bool:
-        return self.granted == _ZERO and self.inflight == _ZERO and not self.unflushed
-
-
-@dataclass(slots=True)
-class LeaseStats:
-    """How admission went: ``waits`` is the number of calls that waited for the store."""
-
-    local: int = 0
-    waits: int = 0
-    refused_locally: int = 0
-    would_block: int = 0
-    refills: int = 0
-    returns: int = 0
-    flushes: int = 0
-
-    def admissions(self) -> dict[str, int]:
-        """Budget checks by how they were answered (the ``path`` label of the admissions metric)."""
-        return {"local": self.local, "store": self.waits, "thread": self.would_block,
-                "refused_locally": self.refused_locally}
-
 
 class LeasedCounterStore:
     """A :class:`~otel_llm_usage.ledger.base.CounterStore` admitting from local leases on ``store``.
@@ -166,6 +88,7 @@ class LeasedCounterStore:
     # A thread waiting for another's store request gives up waiting after this and asks itself (the
     # store's own timeouts bound the request; this only guards against a request that never ends).
     _FOLLOWER_WAIT_S = 5.0
+    shared = True
 
     def __init__(self, store: FailOpenCounterStore, *, share: float = 0.02, ttl_s: float = 5.0, low_water: float = 0.5,
                  flush_interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
@@ -179,12 +102,12 @@ class LeasedCounterStore:
         self.stats = LeaseStats()
         self._clock = clock
         self._lock = threading.Lock()
-        self._leases: dict[str, _Lease] = {}
+        self._leases: dict[str, Lease] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.holder = Holder(_holder_id(), HOLDER_TTL_FACTOR * ttl_s)
+        self.holder = Holder(holder_id(), HOLDER_TTL_FACTOR * ttl_s)
         reset_after_fork(self)
         # Finalizers run newest first at exit: this one after the pipeline's (settled usage reaches
         # the leases first) and before the fail-open store's (which replays what this writes).
@@ -202,6 +125,10 @@ class LeasedCounterStore:
     def degraded_by_op(self) -> dict[str, int]:
         return self.store.degraded_by_op
 
+    def admissions(self) -> dict[str, int]:
+        """How budget checks were answered, by path (the ``llm_usage_budget_admissions_total`` metric)."""
+        return self.stats.admissions()
+
     # --- admission ------------------------------------------------------------------------------
 
     def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
@@ -209,7 +136,7 @@ class LeasedCounterStore:
         while True:
             with self._lock:
                 lease = self._lease(inflight_key, used_keys, limit, ttl_s)
-                if lease.granted != _ZERO and self._clock() >= lease.valid_until:
+                if lease.granted != ZERO and self._clock() >= lease.valid_until:
                     self._lose(lease)
                 if lease.fits(reservation):
                     lease.inflight += reservation
@@ -219,7 +146,7 @@ class LeasedCounterStore:
                         lease.refill = True
                         self._wake.set()
                     return True, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
-                if lease.refused_until > self._clock() and lease.free() == _ZERO:
+                if lease.refused_until > self._clock() and lease.free() == ZERO:
                     self.stats.refused_locally += 1
                     return False, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
                 if not may_wait():
@@ -229,7 +156,7 @@ class LeasedCounterStore:
                 if flight is None:  # this thread asks the store; others wait for its answer
                     flight = lease.flight = threading.Event()
                     self.stats.waits += 1
-                    release = _floor0(lease.free())  # handed back in the same step: our leftovers never count
+                    release = floor0(lease.free())  # handed back in the same step: our leftovers never count
                     lease.granted -= release
                     release = self._sent_release(lease, release)
                     sent_at = self._clock()
@@ -239,7 +166,7 @@ class LeasedCounterStore:
             # shared by every process). Then this thread looks again: the grant may cover it too.
             flight.wait(self._FOLLOWER_WAIT_S)
         try:
-            granted, used, inflight = self.store.lease(list(used_keys), inflight_key, _on_limited(limit, reservation),
+            granted, used, inflight = self.store.lease(list(used_keys), inflight_key, on_limited(limit, reservation),
                                                        release, self.share, limit, ttl_s, self.holder)
         except BaseException:
             with self._lock:
@@ -267,11 +194,11 @@ class LeasedCounterStore:
         """Passed to the store: leases of leases would only add a layer of slack."""
         return self.store.lease(used_keys, inflight_key, need, release, share, limit, ttl_s, holder)
 
-    def _lease(self, inflight_key: str, used_keys: Sequence[str], limit: Limit, ttl_s: int | None) -> _Lease:
+    def _lease(self, inflight_key: str, used_keys: Sequence[str], limit: Limit, ttl_s: int | None) -> Lease:
         """The lease of ``inflight_key``, created empty; the caller holds ``_lock``."""
         lease = self._leases.get(inflight_key)
         if lease is None:
-            lease = self._leases[inflight_key] = _Lease(tuple(used_keys), limit, ttl_s,
+            lease = self._leases[inflight_key] = Lease(tuple(used_keys), limit, ttl_s,
                                                         renew_at=self._clock() + self.ttl_s)
         else:
             if len(used_keys) != len(lease.used_keys) or used_keys[-1] != lease.used_keys[-1]:
@@ -279,28 +206,28 @@ class LeasedCounterStore:
             lease.limit, lease.ttl_s = limit, ttl_s
         return lease
 
-    def _lose(self, lease: _Lease) -> None:
+    def _lose(self, lease: Lease) -> None:
         """No answer from the store for too long: the store may have taken the lease. Admit nothing
         more from it; the next request hands back all the store still holds of it."""
-        lease.granted = _ZERO
+        lease.granted = ZERO
         lease.lost = True
 
-    def _sent_release(self, lease: _Lease, release: Amount) -> Amount:
+    def _sent_release(self, lease: Lease, release: Amount) -> Amount:
         """What a request hands back: ``release``, or everything after the lease went stale."""
         if lease.lost:
             lease.lost = False
-            return _ALL
+            return ALL
         return release
 
-    def _seen(self, lease: _Lease, used: Amount, inflight: Amount, granted: Amount, sent_at: float) -> None:
+    def _seen(self, lease: Lease, used: Amount, inflight: Amount, granted: Amount, sent_at: float) -> None:
         """Take in a store answer to a request sent at ``sent_at``: ``inflight`` is the store's before
         ``granted`` was added. The store renewed the holder's lease when it answered, so the lease
         may be used for a while after ``sent_at``."""
-        lease.valid_until = sent_at + _LOCAL_SHARE * self.holder.ttl_s
-        lease.others = _floor0(inflight - (lease.granted))
+        lease.valid_until = sent_at + LOCAL_SHARE * self.holder.ttl_s
+        lease.others = floor0(inflight - (lease.granted))
         lease.granted += granted
         lease.seen_used = used
-        if granted != _ZERO:
+        if granted != ZERO:
             lease.last_grant = granted
             self.stats.refills += 1
 
@@ -318,10 +245,10 @@ class LeasedCounterStore:
         with self._lock:
             lease = self._leases.get(inflight_key)
             if lease is None:  # a budget that never reserves here (alert-only), or after a fork
-                lease = self._leases[inflight_key] = _Lease(tuple(used_keys), Limit(), ttl_s,
+                lease = self._leases[inflight_key] = Lease(tuple(used_keys), Limit(), ttl_s,
                                                             renew_at=self._clock() + self.ttl_s)
-            lease.inflight = _floor0(lease.inflight - reserved)
-            lease.unflushed[bucket_key] = lease.unflushed.get(bucket_key, _ZERO) + actual
+            lease.inflight = floor0(lease.inflight - reserved)
+            lease.unflushed[bucket_key] = lease.unflushed.get(bucket_key, ZERO) + actual
             lease.unflushed_total += actual
             lease.ttl_s = ttl_s
             used, inflight = lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
@@ -339,7 +266,7 @@ class LeasedCounterStore:
             lease = self._leases.get(inflight_key)
             if lease is None:
                 return used, inflight
-            mine = lease.unflushed_total, _floor0(inflight - lease.granted) + lease.inflight
+            mine = lease.unflushed_total, floor0(inflight - lease.granted) + lease.inflight
         return saturated(used + mine[0]), saturated(mine[1])
 
     def mark_once(self, key: str, ttl_s: int | None) -> bool:
@@ -379,13 +306,13 @@ class LeasedCounterStore:
             lease = self._leases.get(key)
             if lease is None or not lease.unflushed:
                 return
-            if lease.granted != _ZERO and self._clock() >= lease.valid_until:
+            if lease.granted != ZERO and self._clock() >= lease.valid_until:
                 self._lose(lease)
             batches, lease.unflushed = lease.unflushed, {}
             used_keys, ttl_s = lease.used_keys, lease.ttl_s
             out = []
             for bucket, actual in batches.items():
-                release = _on_limited(lease.limit, _min(_floor0(actual), _floor0(lease.granted)))
+                release = on_limited(lease.limit, min_amount(floor0(actual), floor0(lease.granted)))
                 lease.granted -= release
                 lease.unflushed_total -= actual
                 out.append((bucket, actual, self._sent_release(lease, release)))
@@ -393,10 +320,10 @@ class LeasedCounterStore:
             sent_at = self._clock()
             used, inflight = self.store.settle_and_read(bucket, key, release, actual, ttl_s, used_keys, self.holder)
             with self._lock:
-                if lease.granted != _ZERO:  # the store renewed what it holds of the lease
-                    lease.valid_until = sent_at + _LOCAL_SHARE * self.holder.ttl_s
+                if lease.granted != ZERO:  # the store renewed what it holds of the lease
+                    lease.valid_until = sent_at + LOCAL_SHARE * self.holder.ttl_s
                 lease.seen_used = used
-                lease.others = _floor0(inflight - lease.granted)
+                lease.others = floor0(inflight - lease.granted)
                 if not lease.limit.exhausted_by(used + inflight):
                     lease.refused_until = 0.0
                 self.stats.flushes += 1
@@ -406,17 +333,17 @@ class LeasedCounterStore:
             lease = self._leases.get(key)
             if lease is None:
                 return
-            if lease.granted != _ZERO and now >= lease.valid_until:
+            if lease.granted != ZERO and now >= lease.valid_until:
                 self._lose(lease)
             due = final or now >= lease.renew_at
             if not (due or lease.refill or lease.lost):
                 return
             keep = lease.busy and not final
-            release = _floor0(lease.free()) if due else _ZERO
+            release = floor0(lease.free()) if due else ZERO
             # A lease still held (calls in flight use it) is renewed even with nothing to hand back:
             # the store takes it from a holder it has not heard from.
-            if release == _ZERO and not keep and not lease.refill and not lease.lost and \
-                    (lease.granted == _ZERO or not due):
+            if release == ZERO and not keep and not lease.refill and not lease.lost and \
+                    (lease.granted == ZERO or not due):
                 if due:
                     lease.renew_at = now + self.ttl_s
                     if lease.idle():
@@ -434,10 +361,10 @@ class LeasedCounterStore:
         if limit == Limit():  # nothing limited: only usage to write, nothing to lease
             return
         sent_at = self._clock()
-        granted, used, inflight = self.store.lease(used_keys, key, _ZERO, release, share, limit, ttl_s, self.holder)
+        granted, used, inflight = self.store.lease(used_keys, key, ZERO, release, share, limit, ttl_s, self.holder)
         with self._lock:
             self._seen(lease, used, inflight, granted, sent_at)
-            if release != _ZERO:
+            if release != ZERO:
                 self.stats.returns += 1
             if final and lease.idle():
                 self._leases.pop(key, None)
@@ -460,7 +387,7 @@ class LeasedCounterStore:
         self._stop = threading.Event()
         self._thread = None
         self._leases = {}
-        self.holder = Holder(_holder_id(), self.holder.ttl_s)  # the parent's leases are the parent's
+        self.holder = Holder(holder_id(), self.holder.ttl_s)  # the parent's leases are the parent's
 
     def close(self) -> None:
         if self._closed:

@@ -1,26 +1,32 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The in-process :class:`~otel_llm_usage.ledger.base.RecordStore`: the most recent records, lost on exit.
+"""The in-process ledger, lost on exit (use SQLite or Redis to keep it): records and budget counters.
 
-A bounded deque, so a long-running process keeps at most ``maxlen`` records
-(the oldest fall off first); use SQLite or Redis for a durable ledger::
+Records sit in a bounded deque, so a long-running process keeps at most ``maxlen`` of them (the
+oldest fall off first)::
 
     store = MemoryRecordStore(maxlen=10_000)
     store.append([record])
     store.query(RecordQuery(user="alice", since=time.time() - 3600))
+
+Counters hold one lock and are exact; their arithmetic is :mod:`._counting`'s, shared with SQLite,
+so this module only supplies atomicity (the lock) and storage (dicts with optional expiry).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from .._fork import reset_after_fork
 from ..usage import UsageRecord
+from . import _counting
 from ._records import deletion, matches, public_params, select
-from .base import RecordQuery
+from .base import Amount, RecordQuery
 
-__all__ = ["MemoryRecordStore"]
+__all__ = ["MemoryCounterStore", "MemoryRecordStore"]
 
 
 def _storable(rec: UsageRecord) -> UsageRecord:
@@ -33,6 +39,7 @@ def _storable(rec: UsageRecord) -> UsageRecord:
 
 class MemoryRecordStore:
     """Thread-safe; ``query`` returns records in the order they were appended."""
+    writes_block = False
 
     def __init__(self, maxlen: int = 100_000) -> None:
         self._records: deque[UsageRecord] = deque(maxlen=maxlen)
@@ -42,12 +49,6 @@ class MemoryRecordStore:
         kept = [_storable(r) for r in records]
         with self._lock:
             self._records.extend(kept)
-
-    def process(self, record: UsageRecord) -> None:
-        """Pipeline-stage form of :meth:`append` (memory needs no background writer)."""
-        record = _storable(record)
-        with self._lock:
-            self._records.append(record)
 
     def records(self) -> list[UsageRecord]:
         """Every kept record, oldest first."""
@@ -74,8 +75,96 @@ class MemoryRecordStore:
             self._records = deque(kept, maxlen=self._records.maxlen)
         return removed
 
-    def flush(self, timeout: float | None = None) -> bool:
-        return True  # appended as they arrive
-
     def close(self) -> None:
         pass
+
+
+_ZERO = Amount()  # immutable, so one instance serves every absent key
+
+
+class _View:
+    """Dict storage with expiry; ``put`` with ``ttl_s=None`` keeps a key's current expiry."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.values: dict[str, Amount] = {}
+        self.expiry: dict[str, float] = {}
+        self.leases: dict[str, dict[str, tuple[Amount, float]]] = {}  # inflight key -> holder -> lease, expiry
+        self.clock = clock
+
+    def now(self) -> float:
+        return self.clock()
+
+    def holders(self, inflight_key: str) -> dict[str, tuple[Amount, float]]:
+        entries = self.leases.get(inflight_key)
+        if entries is not None and inflight_key not in self.values:
+            # The in-flight key expired with its window: its holders' leases went with it.
+            del self.leases[inflight_key]
+            return {}
+        return dict(entries) if entries else {}
+
+    def put_holder(self, inflight_key: str, holder_id: str, value: Amount, expires_at: float,
+                   ttl_s: int | None) -> None:
+        entries = self.leases.setdefault(inflight_key, {})
+        if value == _ZERO:
+            entries.pop(holder_id, None)
+            if not entries:
+                del self.leases[inflight_key]
+        else:
+            entries[holder_id] = (value, expires_at)
+
+    def get(self, key: str) -> Amount:
+        exp = self.expiry.get(key)
+        if exp is not None and exp <= self.clock():
+            self.values.pop(key, None)
+            self.expiry.pop(key, None)
+        return self.values.get(key, _ZERO)
+
+    def put(self, key: str, value: Amount, ttl_s: int | None) -> None:
+        self.values[key] = value
+        if ttl_s is not None:
+            self.expiry[key] = self.clock() + ttl_s
+
+
+class _Locked:
+    """The view under the store's lock; a class rather than a generator context manager, as
+    every budgeted call goes through it."""
+
+    __slots__ = ("lock", "view")
+
+    def __init__(self, lock: threading.Lock, view: _View) -> None:
+        self.lock = lock
+        self.view = view
+
+    def __enter__(self) -> _View:
+        self.lock.acquire()
+        return self.view
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.lock.release()
+
+
+class MemoryCounterStore(_counting.CountingStore):
+    shared = False
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._locked = _Locked(self._lock, _View(clock))
+        self._marks: dict[str, float | None] = {}
+        self._clock = clock
+        reset_after_fork(self)
+
+    def _view(self, keys: Sequence[str]) -> _Locked:
+        return self._locked
+
+    def mark_once(self, key: str, ttl_s: int | None) -> bool:
+        now = self._clock()
+        with self._lock:
+            if key in self._marks:
+                exp = self._marks[key]
+                if exp is None or exp > now:
+                    return False
+            self._marks[key] = None if ttl_s is None else now + ttl_s
+            return True
+
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork; the child's copy would never be released."""
+        self._lock = self._locked.lock = threading.Lock()

@@ -44,14 +44,14 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from .._fork import reset_after_fork
 from .._guard import internal_error
+from ._outage import Baseline, LocalReservations
 from .base import Amount, CounterStore, Holder, Limit, StoreBusy
-from .counters_memory import MemoryCounterStore
+from .memory import MemoryCounterStore
 
 __all__ = ["FailOpenCounterStore"]
 
@@ -71,10 +71,6 @@ _UNAVAILABLE = _Unavailable()
 BUSY_RETRY_S = 0.25  # a write lock held by another process's transaction: milliseconds, rarely more
 
 
-def _covers(have: Amount, need: Amount) -> bool:
-    return have.cost_nanos >= need.cost_nanos and have.tokens >= need.tokens
-
-
 def _reduced(limit: Limit, by: Amount) -> Limit:
     return Limit(None if limit.cost_nanos is None else limit.cost_nanos - by.cost_nanos,
                  None if limit.tokens is None else limit.tokens - by.tokens)
@@ -92,6 +88,7 @@ class FailOpenCounterStore:
                  probe_interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
                  on_degraded: Callable[[str], None] | None = None, baseline_size: int = 10_000) -> None:
         self.primary = primary
+        self.shared = primary.shared
         self.fallback: CounterStore = fallback if fallback is not None else MemoryCounterStore()
         self.on_degraded = on_degraded
         self.probe_interval = probe_interval
@@ -106,9 +103,8 @@ class FailOpenCounterStore:
         self._down_since = 0.0
         self._next_probe = 0.0
         self._pending: _Pending = {}
-        self._local_reserved: dict[str, Amount] = {}
-        self._baseline: OrderedDict[tuple[tuple[str, ...], str], tuple[Amount, Amount]] = OrderedDict()
-        self._baseline_size = baseline_size
+        self._local = LocalReservations()
+        self._baseline = Baseline(baseline_size)
         self._kind = f"ledger.counters:{type(primary).__name__}"
         # "redis", "sqlite", ...: the ``store`` label of the store metrics.
         self.backend = type(primary).__name__.removesuffix("CounterStore").lower() or "custom"
@@ -135,15 +131,13 @@ class FailOpenCounterStore:
             used_keys, inflight_key, reservation, limit, ttl_s))
         if not isinstance(answer, _Unavailable):
             admitted, used, inflight = answer
-            self._remember(where, used, inflight + reservation if admitted else inflight)
+            self._baseline.remember(where, used, inflight + reservation if admitted else inflight)
             return answer
-        base_used, base_inflight = self._recall(where)
+        base_used, base_inflight = self._baseline.recall(where)
         admitted, used, inflight = self.fallback.try_reserve(
             used_keys, inflight_key, reservation, _reduced(limit, base_used + base_inflight), ttl_s)
         if admitted:
-            with self._lock:
-                held = self._local_reserved.get(inflight_key, Amount())
-                self._local_reserved[inflight_key] = held + reservation
+            self._local.hold(inflight_key, reservation)
         return admitted, used + base_used, inflight + base_inflight
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
@@ -153,25 +147,24 @@ class FailOpenCounterStore:
             used_keys, inflight_key, need, release, share, limit, ttl_s, holder))
         if not isinstance(answer, _Unavailable):
             granted, used, inflight = answer
-            self._remember(where, used, inflight + granted)
+            self._baseline.remember(where, used, inflight + granted)
             return answer
         local_release = Amount()
         if release != Amount():
-            if self._take_local(inflight_key, release):
+            if self._local.take(inflight_key, release):
                 local_release = release
             else:  # held on the primary: give it back there once it is reachable
                 self._defer(inflight_key, inflight_key, release, Amount(), ttl_s, holder)
-        base_used, base_inflight = self._recall(where)
+        base_used, base_inflight = self._baseline.recall(where)
         granted, used, inflight = self.fallback.lease(used_keys, inflight_key, need, local_release, share,
                                                       _reduced(limit, base_used + base_inflight), ttl_s)
         if granted != Amount():
-            with self._lock:
-                self._local_reserved[inflight_key] = self._local_reserved.get(inflight_key, Amount()) + granted
+            self._local.hold(inflight_key, granted)
         return granted, used + base_used, inflight + base_inflight
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None, holder: Holder | None = None) -> None:
-        if self._take_local(inflight_key, reserved):
+        if self._local.take(inflight_key, reserved):
             # Reserved by the fallback during an outage: release it there, count the usage as new.
             self.fallback.settle(bucket_key, inflight_key, reserved, Amount(), ttl_s)
             self.add(bucket_key, actual, ttl_s)
@@ -186,7 +179,7 @@ class FailOpenCounterStore:
                         ttl_s: int | None, used_keys: Sequence[str],
                         holder: Holder | None = None) -> tuple[Amount, Amount]:
         """One primary round trip unless the reservation was the fallback's (then ``settle`` + ``read``)."""
-        if inflight_key in self._local_reserved:
+        if inflight_key in self._local:
             self.settle(bucket_key, inflight_key, reserved, actual, ttl_s, holder)
             return self.read(used_keys, inflight_key)
         answer = self._attempt("settle", lambda: self.primary.settle_and_read(
@@ -195,7 +188,7 @@ class FailOpenCounterStore:
             self.fallback.add(bucket_key, actual, ttl_s)
             self._defer(bucket_key, inflight_key, reserved, actual, ttl_s, holder)
             return self.read(used_keys, inflight_key)
-        self._remember((tuple(used_keys), inflight_key), *answer)
+        self._baseline.remember((tuple(used_keys), inflight_key), *answer)
         return answer
 
     def add(self, bucket_key: str, actual: Amount, ttl_s: int | None) -> None:
@@ -208,9 +201,9 @@ class FailOpenCounterStore:
         where = (tuple(used_keys), inflight_key)
         answer = self._attempt("read", lambda: self.primary.read(used_keys, inflight_key))
         if not isinstance(answer, _Unavailable):
-            self._remember(where, *answer)
+            self._baseline.remember(where, *answer)
             return answer
-        base_used, base_inflight = self._recall(where)
+        base_used, base_inflight = self._baseline.recall(where)
         used, inflight = self.fallback.read(used_keys, inflight_key)
         return used + base_used, inflight + base_inflight
 
@@ -222,6 +215,8 @@ class FailOpenCounterStore:
         """A new lock in a forked child (its local fallback resets its own)."""
         self._lock = threading.Lock()
         self._replaying = threading.Lock()
+        self._local.after_fork_in_child()
+        self._baseline.after_fork_in_child()
 
     def flush(self, timeout_s: float = 2.0) -> bool:
         """Replay pending usage now, retrying until ``timeout_s``; never raises. ``False`` (and one
@@ -396,30 +391,6 @@ class FailOpenCounterStore:
         # come for this entry, so this thread replays it (or the replayer holding the lock does).
         if stranded:
             self._replay_now()
-
-    def _take_local(self, inflight_key: str, reserved: Amount) -> bool:
-        """Was this reservation taken by the fallback? If so, forget it (it is being settled)."""
-        with self._lock:
-            have = self._local_reserved.get(inflight_key)
-            if have is None or not _covers(have, reserved):
-                return False
-            left = have - reserved
-            if left == Amount():
-                del self._local_reserved[inflight_key]
-            else:
-                self._local_reserved[inflight_key] = left
-            return True
-
-    def _remember(self, where: tuple[tuple[str, ...], str], used: Amount, inflight: Amount) -> None:
-        with self._lock:
-            self._baseline[where] = (used, inflight)
-            self._baseline.move_to_end(where)
-            if len(self._baseline) > self._baseline_size:
-                self._baseline.popitem(last=False)
-
-    def _recall(self, where: tuple[tuple[str, ...], str]) -> tuple[Amount, Amount]:
-        with self._lock:
-            return self._baseline.get(where, (Amount(), Amount()))
 
 
 class _Flushable(Protocol):

@@ -37,16 +37,14 @@ from ..budgets.events import BudgetEvent
 from ..budgets.status import BudgetStatus
 from ..config import Config, load_config
 from ..instrumentation.lifecycle import CallHandler
-from ..ledger import CounterStore, MemoryRecordStore, RecordQuery, RecordStore, open_ledger, purge_older_than
-from ..ledger.counters_memory import MemoryCounterStore
-from ..ledger.leases import LeasedCounterStore
+from ..ledger import RecordQuery, open_ledger, purge_older_than
 from ..ledger.totals import breakdown
-from ..ledger.writer import LedgerWriter
 from ..pricing import PriceEntry, PricingStage
 from ..pricing.stage import CostConverter
 from ..telemetry import Telemetry, register_budget_gauges, register_lease_metrics, register_store_metrics
 from ..usage import TokenUsage, UsageRecord
 from .pipeline import Pipeline
+from .plan import plan_stages
 
 __all__ = ["Runtime", "active_runtime", "build_runtime"]
 
@@ -115,19 +113,10 @@ class Runtime:
         # The pipeline is built last (its stages are these objects); what they call of it is late-bound.
         self.telemetry = Telemetry(config.attribution, meter_provider, before_collect=lambda: self.pipeline.drain())
         self.pricer = _make_pricer(config, clock)
-        self.store: RecordStore
-        self.counters: CounterStore
-        if config.ledger.startswith("memory://"):
-            # In memory, appending is cheaper than handing off to a writer thread.
-            self.store, self.counters = MemoryRecordStore(), MemoryCounterStore(clock)
-            self.ledger: MemoryRecordStore | LedgerWriter = self.store
-        else:
-            self.store, self.counters = open_ledger(config.ledger, caller_wait=_CALLER_WAIT_S,
-                                                    leases=config.budget_leases)
-            self.ledger = LedgerWriter(self.store, on_dropped=self.telemetry.dropped_records)
-        self._retention_stop = threading.Event()
-        if not config.ledger.startswith("memory://"):
-            threading.Thread(target=self._retention_loop, name="otel-llm-usage-retention", daemon=True).start()
+        # A host thread waits at most _CALLER_WAIT_S for the SQLite file (another process may hold
+        # it for seconds); past that the counters fail open. Our own threads wait longer.
+        self.store, self.counters = open_ledger(config.ledger, caller_wait=_CALLER_WAIT_S,
+                                                leases=config.budget_leases, clock=clock)
         self.budgets = BudgetEngine(
             config.budgets,
             self.counters,
@@ -143,23 +132,19 @@ class Runtime:
         )
         register_budget_gauges(self.telemetry.meter, self.budgets.refresh)
         register_store_metrics(self.telemetry.meter, self.counters)  # the store these budgets count in
-        if isinstance(self.counters, LeasedCounterStore):
-            register_lease_metrics(self.telemetry.meter, self.counters.backend, self.counters.stats.admissions)
+        register_lease_metrics(self.telemetry.meter, self.counters)
         self._register_hourly_cost()
         self._watch_catalog_ages(clock)
         self.budgets.start(config.budget_check_interval)
         self._meter_provider = meter_provider
         self._tracer_provider = tracer_provider
-        # Pricing, settlement, metrics and the ledger run on the pipeline's worker, and every reader
-        # drains it first. A call whose span records is priced on the calling thread before the span
-        # ends (CallHandler.price_now), so the span carries its cost; one sampled out is not priced
-        # there at all, and the worker's pricing step skips records already priced.
-        # Every store settles there too: admission from a lease is local, so a settlement on the
-        # worker no longer makes the next call's reservation queue behind it. Without leases, a
-        # calling thread that has to reach the SQLite file waits at most _CALLER_WAIT_S for it
-        # (another process may hold it for seconds); past that the counters fail open.
-        deferred: list[Any] = [self.pricer, self.budgets, TelemetryStage(self.telemetry), self.ledger]
-        self.pipeline = Pipeline([], deferred=deferred, clock=clock)
+        plan = plan_stages(self.pricer, self.budgets, TelemetryStage(self.telemetry), self.store,
+                           on_dropped=self.telemetry.dropped_records)
+        self.ledger = plan.ledger
+        self.pipeline = Pipeline(plan.inline, deferred=plan.deferred, clock=clock)
+        self._retention_stop = threading.Event()
+        if plan.retention_thread:
+            threading.Thread(target=self._retention_loop, name="otel-llm-usage-retention", daemon=True).start()
         tracer = get_tracer("otel_llm_usage", __version__, tracer_provider,
                             schema_url="https://opentelemetry.io/schemas/1.37.0")
         self.handler = CallHandler(
@@ -182,13 +167,13 @@ class Runtime:
         for model, since in lazy.pricer.stage.hourly.running_since().items():
             with contextlib.suppress(KeyError):  # not billed by the hour in this config
                 hourly.start_model(model, since)
-        if not (isinstance(lazy.store, MemoryRecordStore) or isinstance(lazy.counters, MemoryCounterStore)):
+        if lazy.store.writes_block and lazy.counters.shared:
             return
         earlier = lazy.store.query(RecordQuery())
-        if isinstance(lazy.counters, MemoryCounterStore):
+        if not lazy.counters.shared:
             for record in earlier:
                 self.budgets.process(record)
-        if isinstance(lazy.store, MemoryRecordStore):
+        if not lazy.store.writes_block:
             for record in earlier:
                 self.ledger.process(record)
 

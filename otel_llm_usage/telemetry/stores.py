@@ -10,7 +10,8 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from .. import _names as N
 
-__all__ = ["StoreHealth", "register_budget_gauges", "register_lease_metrics", "register_store_metrics"]
+__all__ = ["LeaseAdmissions", "StoreHealth", "register_budget_gauges", "register_lease_metrics",
+           "register_store_metrics"]
 
 
 @runtime_checkable
@@ -66,13 +67,25 @@ def register_budget_gauges(meter: Meter, refresh: Callable[[], Iterable[Mapping[
                                   description="used / limit (1 = exhausted).")
 
 
-def register_lease_metrics(meter: Meter, backend: str, stats: Callable[[], dict[str, int]]) -> None:
-    """``llm_usage_budget_admissions_total{store,path}``: how budget checks on a leased store were
-    answered: ``local`` (from the lease), ``store`` (the calling thread waited for the store),
-    ``thread`` (an event loop handed the wait to a worker thread), ``refused_locally``."""
+@runtime_checkable
+class LeaseAdmissions(Protocol):
+    """What a leased counter store exposes for its metrics."""
+
+    backend: str
+
+    def admissions(self) -> dict[str, int]: ...
+
+
+def register_lease_metrics(meter: Meter, store: object) -> None:
+    """``llm_usage_budget_admissions_total{store,path}`` for a leased store (nothing otherwise): how
+    budget checks were answered: ``local`` (from the lease), ``store`` (the calling thread waited for
+    the store), ``thread`` (an event loop handed the wait to a worker thread), ``refused_locally``."""
+    if not isinstance(store, LeaseAdmissions):
+        return
+    leased = store
 
     def observe(options: CallbackOptions) -> list[Observation]:
-        return [Observation(n, {"store": backend, "path": path}) for path, n in stats().items()]
+        return [Observation(n, {"store": leased.backend, "path": path}) for path, n in leased.admissions().items()]
 
     meter.create_observable_counter(N.METRIC_BUDGET_ADMISSIONS, [observe],
                                     description="Budget admission checks on a leased store, by how they were answered.")

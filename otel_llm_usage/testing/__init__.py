@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .server import LoopbackLLMServer, RecordedRequest, Scenario, ScenarioError
+    from .scenarios import RecordedRequest, Scenario, ScenarioError
+    from .server import LoopbackLLMServer
 
 __all__ = ["LoopbackLLMServer", "RecordedRequest", "Scenario", "ScenarioError"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import server
+        from . import scenarios, server
 
-        return getattr(server, name)
+        return getattr(server if name == "LoopbackLLMServer" else scenarios, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

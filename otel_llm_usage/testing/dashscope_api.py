@@ -32,18 +32,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .server import (
-    Exchange,
-    Route,
-    Scenario,
-    SSEWriter,
-    UsageNumber,
-    count_words,
-    fake_vector,
-    filler_words,
-    iter_texts,
-    not_found,
-)
+from .scenarios import Scenario, UsageNumber, count_words, fake_vector, filler_words, iter_texts
+from .server import Exchange, Route, SSEWriter, not_found
 
 _PREFIX = "/api/v1"
 

@@ -28,17 +28,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .server import (
-    Exchange,
-    Route,
-    Scenario,
-    SSEWriter,
-    UsageNumber,
-    count_words,
-    fake_vector,
-    filler_words,
-    iter_texts,
-)
+from .scenarios import Scenario, UsageNumber, count_words, fake_vector, filler_words, iter_texts
+from .server import Exchange, Route, SSEWriter
 
 _PREFIXES = (
     r"/v1",

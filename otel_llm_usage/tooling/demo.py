@@ -156,10 +156,10 @@ def run_demo(port: int = 9464, calls: int = 24, serve: bool = False, console: Co
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from .. import get_budget_status
+    from .._ports import free_port, port_is_free
     from ..instrumentor import LLMUsageInstrumentor
     from ..runtime.bootstrap import start_prometheus_endpoint
     from ..testing import LoopbackLLMServer
-    from ..testing.ports import free_port, port_is_free
     from ..testing.server import wait_for_interrupt
 
     # Piped output gets a width that fits the tables rather than rich's 80-column default.

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from ..testing.ports import free_port
+from .._ports import free_port
 
 __all__ = [
     "APP_JOB",

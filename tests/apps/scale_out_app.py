@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A small instrumented process for tests/test_scale_out.py, run as a real subprocess.
+"""A small instrumented process for tests/e2e/test_scale_out.py, run as a real subprocess.
 
 Configured like a zero-code deployment: ``OTEL_LLM_USAGE_CONFIG`` for the config,
 ``OTEL_METRICS_EXPORTER`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` for where metrics go, and

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from otel_llm_usage import usage_context
 from otel_llm_usage.testing import LoopbackLLMServer
-from otel_llm_usage.testing.server import filler_words
+from otel_llm_usage.testing.scenarios import filler_words
 from otel_llm_usage.usage import UsageRecord
 
 from ..conftest import IN_CI, close_otel, make_otel

@@ -12,7 +12,7 @@ import pytest
 
 from otel_llm_usage.testing import LoopbackLLMServer
 from otel_llm_usage.testing.openai_api import EMBEDDING_DIMENSIONS
-from otel_llm_usage.testing.server import fake_vector
+from otel_llm_usage.testing.scenarios import fake_vector
 
 from .conftest import (
     CHAT_MODEL,
