@@ -135,7 +135,6 @@ class Runtime:
         register_lease_metrics(self.telemetry.meter, self.counters)
         self._register_hourly_cost()
         self._watch_catalog_ages(clock)
-        self.budgets.start(config.budget_check_interval)
         self._meter_provider = meter_provider
         self._tracer_provider = tracer_provider
         plan = plan_stages(self.pricer, self.budgets, TelemetryStage(self.telemetry), self.store,
@@ -145,6 +144,7 @@ class Runtime:
         self._retention_stop = threading.Event()
         if plan.retention_thread:
             threading.Thread(target=self._retention_loop, name="otel-llm-usage-retention", daemon=True).start()
+        self.budgets.start(config.budget_check_interval)  # its refresh settles through the pipeline
         tracer = get_tracer("otel_llm_usage", __version__, tracer_provider,
                             schema_url="https://opentelemetry.io/schemas/1.37.0")
         self.handler = CallHandler(
