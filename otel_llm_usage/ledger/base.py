@@ -12,7 +12,7 @@ currency, so Redis ``INCRBY`` and SQLite integer columns stay exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Protocol, runtime_checkable
@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 from ..usage import UsageRecord
 
 __all__ = ["INT64_MAX", "NANOS", "Amount", "CounterStore", "Holder", "RecordQuery", "RecordStore", "StoreBusy",
-           "from_nanos", "saturated", "to_nanos"]
+           "from_nanos", "no_pause", "saturated", "to_nanos"]
 
 NANOS = Decimal("1e9")
 # SQLite INTEGER and Redis HINCRBY are signed 64-bit. Python ints are not: a gateway reporting 10**15
@@ -158,13 +158,20 @@ class RecordQuery:
     limit: int | None = None
 
 
+def no_pause() -> None:
+    """The ``pace`` of a write nobody waits behind (tests, the CLI, a drain at exit)."""
+
+
 @runtime_checkable
 class RecordStore(Protocol):
     #: Writes wait on a file or the network: they get a writer thread of their own (``LedgerWriter``).
     writes_block: bool
 
-    def append(self, records: Sequence[UsageRecord]) -> None:
-        """Write a batch; raise on failure (the writer retries and buffers)."""
+    def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = ...) -> None:
+        """Write a batch; raise on failure (the writer retries and buffers). A store that builds its
+        payload in Python calls ``pace`` between records and between requests: the writer thread
+        passes its :class:`~otel_llm_usage._pacing.Pacer`, so encoding a batch never holds the
+        host's threads (an event loop) off the interpreter for more than a slice."""
         ...
 
     def query(self, q: RecordQuery) -> list[UsageRecord]:

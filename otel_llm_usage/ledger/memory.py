@@ -24,7 +24,7 @@ from .._fork import reset_after_fork
 from ..usage import UsageRecord
 from . import _counting
 from ._records import deletion, matches, public_params, select
-from .base import Amount, RecordQuery
+from .base import Amount, RecordQuery, no_pause
 
 __all__ = ["MemoryCounterStore", "MemoryRecordStore"]
 
@@ -45,7 +45,7 @@ class MemoryRecordStore:
         self._records: deque[UsageRecord] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
 
-    def append(self, records: Sequence[UsageRecord]) -> None:
+    def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
         kept = [_storable(r) for r in records]
         with self._lock:
             self._records.extend(kept)

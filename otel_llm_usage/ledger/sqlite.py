@@ -68,7 +68,7 @@ from ._sqlite_db import (
     insert_rows,
     open_database,
 )
-from .base import Amount, RecordQuery, saturated
+from .base import Amount, RecordQuery, no_pause, saturated
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -85,11 +85,14 @@ class SqliteRecordStore:
         self._db = open_database(path, busy_timeout, time.time)
         self._closed = False
 
-    def append(self, records: Sequence[UsageRecord]) -> None:
+    def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
         if not records:
             return
-        # Built before taking the lock: keep the write short.
-        rows = [to_row(r) for r in records]
+        # Built before taking the lock, paced (the rows are Python work): keep the write short.
+        rows = []
+        for r in records:
+            rows.append(to_row(r))
+            pace()
         statements = [(INSERT_FULL if len(part) == ROWS_PER_INSERT else insert_rows(len(part)),
                        [value for row in part for value in row])
                       for part in (rows[i:i + ROWS_PER_INSERT] for i in range(0, len(rows), ROWS_PER_INSERT))]

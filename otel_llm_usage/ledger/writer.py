@@ -12,10 +12,11 @@ How it behaves:
 
 * ``process`` appends to a ``collections.deque`` and returns: no lock, no I/O. The deque is
   drained by one daemon thread that writes ``batch_size`` records per ``store.append`` and
-  wakes when a batch is full or ``flush_interval`` has passed. Batches are 256 records and the
-  thread paces itself between them (:mod:`otel_llm_usage._pacing`), so a host thread waits for
-  the GIL at most one batch's serialization (~2 ms here; 500 records held it ~5 ms). Smaller
-  batches were measured: 64 cut SQLite ingest from ~65 k to ~42 k records/s.
+  wakes when a batch is full or ``flush_interval`` has passed. Batches are 256 records (64 were
+  measured to cut SQLite ingest from ~65 k to ~42 k records/s); the store encodes a batch paced
+  record by record (:mod:`otel_llm_usage._pacing`), so a host thread does not wait for the GIL
+  while a batch is serialized (one Redis ``ZADD`` of 256 records held it ~4.5 ms). A writer more
+  than :data:`_CATCH_UP_BATCHES` batches behind writes without pausing until it has caught up.
 * A failing ``append`` keeps its batch, counts ``failures``, logs once via ``internal_error``
   and retries with exponential backoff (``retry_initial`` doubling up to ``retry_max``)
   until the store is back; stores ignore a record id they already have, so a retried batch
@@ -62,13 +63,15 @@ from .._fork import reset_after_fork
 from .._guard import internal_error
 from .._pacing import Pacer
 from ..usage import UsageRecord
-from .base import RecordStore
+from .base import RecordStore, no_pause
 
 __all__ = ["DROP_BUFFER_FULL", "DROP_SHUTDOWN", "DROP_UNWRITABLE", "UNWRITABLE_CLOSE_S", "LedgerWriter"]
 
 logger = logging.getLogger("otel_llm_usage")
 
 UNWRITABLE_CLOSE_S = 1.0
+#: A writer with more than this many batches queued is behind and stops pacing itself.
+_CATCH_UP_BATCHES = 4
 # ``reason`` label values of the dropped-records counter.
 DROP_BUFFER_FULL = "buffer_full"  # max_buffer records were waiting already (the store is slow or down)
 DROP_UNWRITABLE = "unwritable"  # still unwritten at exit, the store cannot be written at all
@@ -233,7 +236,7 @@ class _State:
                 # Closing: retry now and then often, until stop() gives up waiting.
                 closing_seen, retry_at, backoff = True, 0.0, min(backoff, 0.1)
             if self.buffer and time.monotonic() >= retry_at:
-                if self._write():
+                if self._write(pacer):
                     backoff = 0.0
                     pacer.pace()
                     continue
@@ -247,11 +250,13 @@ class _State:
                 self.wakeups.get(timeout=timeout)
             pacer.restart()
 
-    def _write(self) -> bool:
+    def _write(self, pacer: Pacer) -> bool:
         """Write the oldest batch; ``False`` (batch kept) if the store failed."""
         batch = list(itertools.islice(self.buffer, self.batch_size))
+        # Behind (more than a few batches queued): write flat out, the queue is the host's memory.
+        pace = pacer.pace if len(self.buffer) <= _CATCH_UP_BATCHES * self.batch_size else no_pause
         try:
-            self.store.append(batch)
+            self.store.append(batch, pace=pace)
         except Exception as exc:  # the store is I/O; keep the batch and retry
             self.failures += 1
             internal_error(f"ledger.write:{type(self.store).__name__}", exc)

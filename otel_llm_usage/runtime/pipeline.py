@@ -78,6 +78,7 @@ class PreCallStage(Protocol):
 _BATCH_DELAY_S = 0.01
 _MAX_PENDING = 1000
 _SHARE = 2  # records a producer processes itself past _MAX_PENDING
+_CATCH_UP = 256  # past this many queued records the worker stops pausing (see _pacing)
 
 
 def _run_stages(stages: list[Stage], record: UsageRecord) -> None:
@@ -152,7 +153,7 @@ class _Deferred:
             while pending and left != 0:
                 left -= 1
                 _run_stages(self.stages, pending.popleft())
-                if pacer is not None and pending and pacer.due():
+                if pacer is not None and 0 < len(pending) <= _CATCH_UP and pacer.due():
                     # Paused without the lock: a reader that drains meanwhile takes over the rest.
                     self.lock.release()
                     try:

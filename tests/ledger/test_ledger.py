@@ -37,6 +37,7 @@ from otel_llm_usage.ledger import (
     open_ledger,
     purge_older_than,
 )
+from otel_llm_usage.ledger.base import no_pause
 from otel_llm_usage.usage import TokenUsage, UsageRecord
 from tests.support import redis_fixture
 
@@ -426,7 +427,7 @@ class FlakyStore(MemoryRecordStore):
         self.down = False
         self.batches: list[int] = []
 
-    def append(self, records: Sequence[UsageRecord]) -> None:
+    def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
         if self.down:
             raise ConnectionError("store down")
         self.batches.append(len(records))
@@ -474,7 +475,7 @@ def test_writer_bounds_its_queue_while_a_write_hangs() -> None:
     entered, release = threading.Event(), threading.Event()
 
     class Hanging(MemoryRecordStore):
-        def append(self, records: Sequence[UsageRecord]) -> None:
+        def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
             entered.set()
             release.wait(10)
             super().append(records)
@@ -611,3 +612,87 @@ def test_sqlite_append_sends_rows_in_multi_row_statements_and_keeps_every_field(
                 dataclasses.replace(rec, request_params={"enable_thinking": True, "thinking": {"type": "on"}}))
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_batch_is_encoded_paced_record_by_record_and_sent_in_slices(backend: str, tmp_path: Path,
+                                                                      request: pytest.FixtureRequest) -> None:
+    """Encoding a record is Python work (~15 us for Redis' JSON), so one ZADD of 256 records held the
+    GIL ~4.5 ms and an event loop waited that long. The store calls the writer's ``pace`` after
+    every record it encodes and after every request it sends; Redis records go 64 per ZADD."""
+    store: RecordStore
+    if backend == "sqlite":
+        store = SqliteRecordStore(tmp_path / "p.db")
+    else:
+        from otel_llm_usage.ledger.redis import RedisRecordStore
+
+        store = RedisRecordStore(request.getfixturevalue("redis_url"), prefix="pace:")
+    try:
+        n = 200
+        batch = [make_record(i) for i in range(n)]
+        paces: list[int] = []  # per pace: records already readable by another connection
+        if backend == "redis":
+            import redis as redis_lib
+
+            admin = redis_lib.Redis.from_url(request.getfixturevalue("redis_url"))
+            admin.config_resetstat()
+            store.append(batch, pace=lambda: paces.append(-1))
+            zadds = int(admin.info("commandstats")["cmdstat_zadd"]["calls"])
+            admin.close()
+            assert zadds == 4  # 64 + 64 + 64 + 8
+            assert len(paces) == n + 4
+        else:
+            reader = SqliteRecordStore(tmp_path / "p.db")
+            store.append(batch, pace=lambda: paces.append(len(reader.query(RecordQuery()))))
+            reader.close()
+            assert paces == [0] * n  # paced while encoding, before the transaction: no pause holds the lock
+        got = store.query(RecordQuery())
+        assert sorted(r.record_id for r in got) == sorted(r.record_id for r in batch)
+    finally:
+        store.close()
+
+
+def test_the_writer_paces_a_batch_unless_it_is_behind() -> None:
+    """A writer more than a few batches behind writes flat out (the queue is the host's memory)."""
+    seen: list[bool] = []
+
+    class Recording(MemoryRecordStore):
+        def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
+            seen.append(pace is not no_pause)
+            super().append(records)
+
+    store = Recording()
+    w = LedgerWriter(store, batch_size=10, flush_interval=60.0)
+    try:
+        for i in range(5):
+            w.process(make_record(i))
+        assert w.flush(timeout=5)
+        assert seen == [True]
+        held = threading.Event()
+        release = threading.Event()
+
+        class Slow(Recording):
+            def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
+                held.set()
+                release.wait(10)
+                super().append(records, pace=pace)
+
+        seen.clear()
+        slow = Slow()
+        w2 = LedgerWriter(slow, batch_size=10, flush_interval=60.0)
+        try:
+            for i in range(10):  # a full batch: the writer takes it and waits in append
+                w2.process(make_record(i))
+            assert held.wait(5)
+            for i in range(10, 70):  # six batches queue up behind it: more than four
+                w2.process(make_record(i))
+            release.set()
+            assert w2.flush(timeout=5)
+            assert seen[0] is True and seen[1] is False
+            assert seen[-1] is True  # caught up: paced again
+            assert len(slow.records()) == 70
+        finally:
+            release.set()
+            w2.close()
+    finally:
+        w.close()
