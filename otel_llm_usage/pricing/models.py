@@ -156,24 +156,38 @@ _HOURS = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 class TimeWindow(BaseModel):
     """A time-of-day price window (DeepSeek off-peak): in ``timezone``, on ``weekdays`` (ISO, 1 = Monday),
     inside any of ``hours`` ("HH:MM-HH:MM", end exclusive, "24:00" allowed as an end), every token
-    price of the call is multiplied by ``multiplier``. The call's own timestamp decides."""
+    price of the call is multiplied by ``multiplier``. The call's own timestamp decides. ``dates``,
+    when given, limits the window to those local calendar days: public holidays, which no weekday
+    rule can express (a holiday calendar is published a year at a time, so it is data, not a rule)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     timezone: Zone
     weekdays: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7])
+    dates: list[_dt.date] = Field(default_factory=list)
     hours: list[str] = Field(min_length=1)
     multiplier: _Amount
     # (start, end) in minutes of the local day, parsed once from ``hours``.
     _spans: tuple[tuple[int, int], ...] = PrivateAttr(default=())
     _zone: zoneinfo.ZoneInfo | None = PrivateAttr(default=None)
+    _days: frozenset[_dt.date] = PrivateAttr(default=frozenset())
 
     @field_validator("weekdays")
     @classmethod
     def _check_weekdays(cls, value: list[int]) -> list[int]:
         if not value or any(d < 1 or d > 7 for d in value) or len(set(value)) != len(value):
             raise ValueError("weekdays are distinct ISO day numbers 1 (Monday) .. 7 (Sunday)")
+        return value
+
+    @field_validator("dates", mode="before")
+    @classmethod
+    def _check_dates(cls, value: Any) -> Any:
+        # A datetime is a date too: refuse it rather than drop its time of day without a word.
+        if isinstance(value, list) and any(isinstance(d, _dt.datetime) for d in value):
+            raise ValueError("dates are calendar days (YYYY-MM-DD), without a time of day")
+        if isinstance(value, list) and len(set(map(str, value))) != len(value):
+            raise ValueError("dates are listed once each")
         return value
 
     @model_validator(mode="after")
@@ -191,12 +205,13 @@ class TimeWindow(BaseModel):
             spans.append((start, end))
         self._spans = tuple(spans)
         self._zone = zoneinfo.ZoneInfo(self.timezone)
+        self._days = frozenset(self.dates)
         return self
 
     def contains(self, at: _dt.datetime) -> bool:
         """Whether the aware datetime ``at`` falls inside this window."""
         local = at.astimezone(self._zone)
-        if local.isoweekday() not in self.weekdays:
+        if local.isoweekday() not in self.weekdays or (self.dates and local.date() not in self._days):
             return False
         # Whole seconds suffice: bounds are whole minutes and the end is exclusive.
         second = local.hour * 3600 + local.minute * 60 + local.second

@@ -102,10 +102,39 @@ def test_stage_prices_by_the_record_timestamp() -> None:
     ({"name": "w", "timezone": "UTC", "hours": ["00:00-24:01"], "multiplier": 1}, "within one day"),
     ({"name": "w", "timezone": "UTC", "weekdays": [0, 1], "hours": ["00:00-01:00"], "multiplier": 1}, "ISO day"),
     ({"name": "w", "timezone": "UTC", "hours": ["00:00-01:00"], "multiplier": -1}, "non-negative"),
+    ({"name": "w", "timezone": "UTC", "dates": [dt.datetime(2026, 10, 1, 9)], "hours": ["00:00-24:00"],
+      "multiplier": 1}, "without a time of day"),
+    ({"name": "w", "timezone": "UTC", "dates": ["2026-10-01", "2026-10-01"], "hours": ["00:00-24:00"],
+      "multiplier": 1}, "listed once"),
+    ({"name": "w", "timezone": "UTC", "dates": ["2026-13-01"], "hours": ["00:00-24:00"], "multiplier": 1}, "date"),
 ])
 def test_window_validation(window: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         make_entry(provider="t", model="m", input=1, output=1, time_windows=[window])
+
+
+# Holidays: the windowed entry plus a whole-day window on listed dates (a public holiday on a weekday).
+HOLIDAYS = make_entry(provider="test", model="holidays", currency="CNY", input="2", cached_input="0.04", output="8",
+                      time_windows=[*(w.model_dump() for w in WINDOWED.time_windows),
+                                    {"name": "off-peak-holiday", "timezone": "Asia/Shanghai",
+                                     "dates": ["2026-10-06"], "hours": ["00:00-24:00"], "multiplier": "0.5"}])
+HOLIDAY_CASES = [
+    # 2026-10-06 is a Tuesday, a day off of the National Day holiday.
+    ("holiday on a weekday, 10:00: off-peak", beijing(2026, 10, 6, 10), OFF_PEAK),
+    ("the working Thursday after, 10:00: peak", beijing(2026, 10, 8, 10), PEAK),
+    # 16:30 UTC on 10-05 is 00:30 on 10-06 in Beijing: the window's zone decides the day.
+    ("the day is the window's local day", dt.datetime(2026, 10, 5, 16, 30, tzinfo=dt.timezone.utc), OFF_PEAK),
+    # 01:30 UTC on 10-06 is 09:30 in Beijing, inside the holiday.
+    ("UTC morning of the holiday", dt.datetime(2026, 10, 6, 1, 30, tzinfo=dt.timezone.utc), OFF_PEAK),
+    # 16:30 UTC on 10-06 is 00:30 on Wednesday 10-07: not listed, but weekday night hours are off-peak anyway,
+    # so take 02:00 UTC on 10-07 (10:00 Beijing) for the first peak moment after the holiday.
+    ("the next local day, 10:00: peak", dt.datetime(2026, 10, 7, 2, 0, tzinfo=dt.timezone.utc), PEAK),
+]
+
+
+@pytest.mark.parametrize(("at", "expected"), [c[1:] for c in HOLIDAY_CASES], ids=[c[0] for c in HOLIDAY_CASES])
+def test_a_window_on_listed_dates(at: Any, expected: str) -> None:
+    assert compute_cost(HOLIDAYS, tok(10_000, 2_000, cached=4_000), at=at) == Decimal(expected)
 
 
 def test_windows_and_volume_do_not_mix() -> None:
@@ -321,6 +350,22 @@ def test_bundled_deepseek_flash_peak_and_off_peak() -> None:
     assert compute_cost(entry, tokens, at=beijing(2026, 12, 2, 10)) == peak
     assert compute_cost(entry, tokens, at=beijing(2026, 12, 2, 20)) == peak / 2
     assert compute_cost(entry, tokens, at=beijing(2026, 12, 5, 10)) == peak / 2  # Saturday
+
+
+@pytest.mark.parametrize(("at", "off_peak"), [
+    (beijing(2026, 10, 6, 10), True),    # Tuesday, a day off of the 2026 National Day holiday
+    (beijing(2026, 2, 20, 15), True),    # Friday, a day off of the Spring Festival (swapped from a weekend)
+    (beijing(2026, 10, 9, 10), False),   # Friday, a working day
+    (beijing(2026, 10, 10, 10), True),   # Saturday, a make-up working day: the page says weekends are off-peak
+    (beijing(2026, 12, 2, 10), False),   # Wednesday, no holiday
+])
+def test_bundled_deepseek_holidays_are_off_peak(at: dt.datetime, off_peak: bool) -> None:
+    entry = PriceCatalog().lookup("deepseek", "deepseek-v4-pro", "api.deepseek.com")
+    assert entry is not None
+    # 10,000 input and 2,000 output at the page's peak prices 9 and 27 CNY per 1M:
+    # 10000*9 + 2000*27 = 90000 + 54000 = 144000 -> 0.144 CNY; off-peak half of it, 0.072.
+    assert (entry.input, entry.output) == (Decimal(9), Decimal(27))
+    assert compute_cost(entry, tok(10_000, 2_000), at=at) == Decimal("0.072" if off_peak else "0.144")
 
 
 def test_gateway_call_through_the_real_sdk_is_priced_by_inference(llm_server: Any) -> None:
