@@ -368,6 +368,30 @@ def test_bundled_deepseek_holidays_are_off_peak(at: dt.datetime, off_peak: bool)
     assert compute_cost(entry, tok(10_000, 2_000), at=at) == Decimal("0.072" if off_peak else "0.144")
 
 
+ZHIPU_BOUNDS = [
+    # Zhipu writes its bands half-open in thousands of tokens: input [0, 32), output [0, 0.2).
+    # GLM-4.7: 31999*2 + 199*8 = 63998 + 1592 = 65590 -> 0.06559 (short answer, first input band)
+    ("glm-4.7", tok(31_999, 199), "0.06559"),
+    # an answer of exactly 200 tokens is a longer answer: 31999*3 + 200*14 = 95997 + 2800 = 98797 -> 0.098797
+    ("glm-4.7", tok(31_999, 200), "0.098797"),
+    # an input of exactly 32,000 is in [32, 200): 32000*4 + 100*16 = 128000 + 1600 = 129600 -> 0.1296
+    ("glm-4.7", tok(32_000, 100), "0.1296"),
+    # GLM-5 below 32K: 31999*4 + 1000*18 = 127996 + 18000 = 145996 -> 0.145996
+    ("glm-5", tok(31_999, 1_000), "0.145996"),
+    # GLM-5 from 32K ("[32+)"), 20,000 of 40,000 input tokens cache hits:
+    # 20000*6 + 20000*1.5 + 1000*22 = 120000 + 30000 + 22000 = 172000 -> 0.172
+    ("glm-5", tok(40_000, 1_000, cached=20_000), "0.172"),
+]
+
+
+@pytest.mark.parametrize(("model", "tokens", "expected"), ZHIPU_BOUNDS)
+def test_bundled_zhipu_bands_are_half_open_as_zhipu_writes_them(model: str, tokens: TokenUsage,
+                                                                expected: str) -> None:
+    entry = PriceCatalog().lookup("zhipu", model, "open.bigmodel.cn")
+    assert entry is not None and entry.currency == "CNY"
+    assert compute_cost(entry, tokens) == Decimal(expected)
+
+
 def test_gateway_call_through_the_real_sdk_is_priced_by_inference(llm_server: Any) -> None:
     """An OpenAI client pointed at an unmapped gateway (the loopback host): priced by model name, and
     the span, record and ledger say so."""
