@@ -14,7 +14,8 @@ Resolution order for ``lookup(provider, model, server_address)``:
 2. DashScope region, from the host: ``dashscope-intl`` -> ``intl`` (Singapore),
    ``cn-hongkong.dashscope.aliyuncs.com`` -> ``hk``, ``dashscope-us.aliyuncs.com`` -> ``us``,
    ``<workspace>.<region-id>.maas.aliyuncs.com`` -> the region of that id, anything else ``cn``
-   (Beijing). A region with no price data leaves the call unpriced, never priced as another region.
+   (Beijing). Moonshot's from the host too: ``api.moonshot.ai`` -> ``intl`` (USD), anything else
+   ``cn`` (CNY). A region with no price data leaves the call unpriced, never priced as another region.
 3. Config entries first (exact id/alias, then patterns), then user catalog files
    (``pricing.catalog_files``), then bundled entries. Config entries with no ``provider`` match
    any provider.
@@ -60,7 +61,7 @@ from .catalog_files import (
     load_catalog_file,
     parse_catalog,
 )
-from .hosts import NAMED_PROVIDERS, canonical_provider, dashscope_region
+from .hosts import NAMED_PROVIDERS, REGIONAL_PROVIDERS, canonical_provider, dashscope_region, price_region
 from .models import REGIONS, PriceEntry, PricingSettings
 
 __all__ = [
@@ -238,7 +239,7 @@ class PriceCatalog:
                region: str | None = None) -> PriceEntry | None:
         """The price entry for a call, or ``None`` when the model is unknown. O(1) when memoised.
 
-        ``region`` ("cn", "intl", "hk", "us") overrides the DashScope region taken from
+        ``region`` ("cn", "intl", "hk", "us") overrides the DashScope or Moonshot region taken from
         ``server_address`` (for gateways whose hostname says nothing about the region).
         """
         if not model:
@@ -249,8 +250,11 @@ class PriceCatalog:
         except KeyError:
             pass
         canon = canonical_provider(provider, server_address)
-        # Only DashScope prices by region; the region argument, when a known one, beats the host.
-        region = (region if region in REGIONS else dashscope_region(server_address)) if canon == "dashscope" else None
+        # Only regional providers price by region; the region argument, when a known one, beats the host.
+        if canon in REGIONAL_PROVIDERS:
+            region = region if region in REGIONS else price_region(canon, server_address)
+        else:
+            region = None
         key: _Key = (canon, region, model.strip().lower())
         if key in self._resolved:
             result = self._resolved[key]

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Which provider, and which Alibaba region, an endpoint host belongs to (provider names as callers
-and gateways spell them, mapped to the catalogs' names)."""
+"""Which provider, and which price region, an endpoint host belongs to (provider names as callers
+and gateways spell them, mapped to the catalogs' names). Two providers bill by region with
+prices of their own: Alibaba Model Studio (DashScope) and Moonshot (Kimi: the China platform in
+CNY, the international one in USD, at list prices that are not one exchange rate apart)."""
 
 from __future__ import annotations
 
-__all__ = ["NAMED_PROVIDERS", "canonical_provider", "dashscope_region"]
+__all__ = ["NAMED_PROVIDERS", "REGIONAL_PROVIDERS", "canonical_provider", "dashscope_region", "price_region"]
 
 _PROVIDER_ALIASES = {
     "openai": "openai",
@@ -48,6 +50,8 @@ _HOST_PROVIDERS = (
 # Provider names that are not a hostname: a call reported under one of them is never priced by
 # model name alone (the user, or the host table, said which provider it is).
 NAMED_PROVIDERS = frozenset({*_PROVIDER_ALIASES, *_PROVIDER_ALIASES.values(), *(n for _, n in _HOST_PROVIDERS)})
+#: Providers whose catalogs carry a region: a call is priced from its own region's entries only.
+REGIONAL_PROVIDERS = frozenset({"dashscope", "moonshot"})
 # Model Studio region ids in maas.aliyuncs.com hosts -> the catalog region that prices them.
 _MAAS_REGIONS = {"cn-beijing": "cn", "ap-southeast-1": "intl", "cn-hongkong": "hk", "us-east-1": "us"}
 
@@ -99,3 +103,18 @@ def dashscope_region(server_address: str | None) -> str:
         region_id = host[: -len(".maas.aliyuncs.com")].rsplit(".", 1)[-1]
         return _MAAS_REGIONS.get(region_id, region_id)
     return "cn"
+
+
+def moonshot_region(server_address: str | None) -> str:
+    """``intl`` for the international platform (``api.moonshot.ai``), else ``cn``: the China platform
+    (``api.moonshot.cn``), which is also where a call reported as "moonshot" without a host goes."""
+    return "intl" if _host_is(_hostname(server_address), "moonshot.ai") else "cn"
+
+
+def price_region(provider: str, server_address: str | None) -> str | None:
+    """The price region of a call to a canonical ``provider`` (``None`` for a provider without regions)."""
+    if provider == "dashscope":
+        return dashscope_region(server_address)
+    if provider == "moonshot":
+        return moonshot_region(server_address)
+    return None

@@ -12,7 +12,8 @@ nothing is fetched: genai-prices is read from the installed package, LiteLLM's
 
 Each document validates with :func:`otel_llm_usage.pricing.catalog.parse_catalog`. Prices are per
 1M tokens; genai-prices and LiteLLM quote USD, so every converted catalog is in USD (LiteLLM's
-``dashscope`` prices are the international endpoint's and get ``region: intl``).
+``dashscope`` prices and genai-prices' ``moonshotai`` ones are the international endpoints' and get
+``region: intl``).
 
 How the shapes map:
 
@@ -38,6 +39,7 @@ from typing import Any
 import yaml
 
 from .catalog import PriceCatalog, display_price
+from .hosts import REGIONAL_PROVIDERS
 from .models import PriceEntry
 
 __all__ = [
@@ -61,7 +63,7 @@ _GENAI_FIELDS = {"input_mtok": "input", "output_mtok": "output", "cache_read_mto
 _LITELLM_PROVIDERS: dict[str, tuple[str, str | None]] = {
     "openai": ("openai", None), "text-completion-openai": ("openai", None), "azure": ("openai", None),
     "dashscope": ("dashscope", "intl"), "deepseek": ("deepseek", None), "volcengine": ("volcengine", None),
-    "moonshot": ("moonshot", None), "zai": ("zhipu", None), "zhipuai": ("zhipu", None),
+    "moonshot": ("moonshot", "intl"), "zai": ("zhipu", None), "zhipuai": ("zhipu", None),
 }
 _LITELLM_FIELDS = {"input_cost_per_token": "input", "output_cost_per_token": "output",
                    "cache_read_input_token_cost": "cached_input", "cache_creation_input_token_cost": "cache_write"}
@@ -235,13 +237,16 @@ def from_genai_prices(providers: Iterable[str] = (), *, at: _dt.datetime, read_o
             continue
         models = [e for e in (_genai_entry(info, at) for info in provider.models) if e is not None]
         urls = ", ".join(provider.pricing_urls or ())
-        docs.append({
+        doc: dict[str, Any] = {
             "source": f"genai-prices {version}, provider {provider.id}" + (f" ({urls})" if urls else ""),
             "read_on": read_on, "provider": ours, "currency": "USD",
             "note": f"Converted by otel-llm-usage prices import from genai-prices {version}, prices in force "
                     f"on {at.date().isoformat()}.",
             "models": models,
-        })
+        }
+        if ours in REGIONAL_PROVIDERS:
+            doc["region"] = "intl"  # genai-prices quotes the international (USD) list of a regional provider
+        docs.append(doc)
     return docs
 
 

@@ -275,7 +275,7 @@ class PriceEntry(_Prices, _ProviderCurrency):
     # Globs (``gpt-4o-20??-??-??``) or regexes prefixed ``re:``; matched against the lower-cased id.
     patterns: list[str] = Field(default_factory=list)
     currency: str | None = None
-    region: Region | None = None  # DashScope: cn (Beijing, CNY), intl (Singapore), hk, us
+    region: Region | None = None  # DashScope: cn (Beijing, CNY), intl (Singapore), hk, us; Moonshot: cn, intl
     kind: Kind = "chat"
     tiers: list[PriceTier] = Field(default_factory=list)
     volume: VolumePricing | None = None

@@ -27,8 +27,9 @@ from typing import Any
 
 from .._bounded import BoundedSet
 from ..usage import TokenUsage, UsageRecord
-from .catalog import PriceCatalog, Resolution, canonical_provider, dashscope_region, display_price
+from .catalog import PriceCatalog, Resolution, canonical_provider, display_price
 from .compute import DECIMAL_CONTEXT, compute_cost, has_cache_price
+from .hosts import price_region
 from .hourly import HourlyBilling
 from .models import PriceEntry, PricingSettings
 from .volume import VolumeMeter
@@ -260,8 +261,8 @@ class PricingStage:
         from .importers import GENAI_PRICES_PROVIDERS
 
         provider = canonical_provider(record.provider, record.server_address)
-        if provider == "dashscope" and dashscope_region(record.server_address) != "intl":
-            return False  # genai-prices quotes the international list; other regions bill their own prices
+        if price_region(provider, record.server_address) not in (None, "intl"):
+            return False  # genai-prices quotes the international lists; other regions bill their own prices
         provider = GENAI_PRICES_PROVIDERS.get(provider, provider)
         usage = genai_prices.Usage(
             input_tokens=tokens.input_tokens,

@@ -368,6 +368,30 @@ def test_bundled_deepseek_holidays_are_off_peak(at: dt.datetime, off_peak: bool)
     assert compute_cost(entry, tok(10_000, 2_000), at=at) == Decimal("0.072" if off_peak else "0.144")
 
 
+@pytest.mark.parametrize(("host", "currency", "expected"), [
+    # China platform, CNY 20 / 2 cached / 100: 6000*20 + 4000*2 + 1000*100 = 120000 + 8000 + 100000 -> 0.228
+    ("api.moonshot.cn", "CNY", "0.228"),
+    (None, "CNY", "0.228"),  # reported as "moonshot" with no host: the China platform
+    # international platform, USD 3 / 0.3 / 15: 6000*3 + 4000*0.3 + 1000*15 = 18000 + 1200 + 15000 -> 0.0342
+    ("api.moonshot.ai", "USD", "0.0342"),
+])
+def test_bundled_kimi_prices_by_platform(host: str | None, currency: str, expected: str) -> None:
+    entry = PriceCatalog().lookup("moonshot", "kimi-k3", host)
+    assert entry is not None and entry.currency == currency
+    assert compute_cost(entry, tok(10_000, 1_000, cached=4_000)) == Decimal(expected)
+
+
+def test_a_kimi_model_without_a_cny_price_is_not_priced_in_usd_on_the_china_platform() -> None:
+    catalog = PriceCatalog()
+    assert catalog.lookup("moonshot", "kimi-k3.1-pro", "api.moonshot.ai") is not None
+    assert catalog.lookup("moonshot", "kimi-k3.1-pro", "api.moonshot.cn") is None
+    # Through an unmapped gateway the two platforms' kimi-k3 prices disagree: unpriced, both named.
+    resolution = catalog.resolve("gw.example", "kimi-k3", "gw.example")
+    assert resolution.entry is None
+    assert sorted((e.provider, e.region, e.currency) for e in resolution.candidates) == [
+        ("moonshot", "cn", "CNY"), ("moonshot", "intl", "USD")]
+
+
 ZHIPU_BOUNDS = [
     # Zhipu writes its bands half-open in thousands of tokens: input [0, 32), output [0, 0.2).
     # GLM-4.7: 31999*2 + 199*8 = 63998 + 1592 = 65590 -> 0.06559 (short answer, first input band)
