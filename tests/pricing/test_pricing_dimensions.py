@@ -392,6 +392,14 @@ def test_a_kimi_model_without_a_cny_price_is_not_priced_in_usd_on_the_china_plat
         ("moonshot", "cn", "CNY"), ("moonshot", "intl", "USD")]
 
 
+def test_bundled_doubao_seed_2_prices_cache_hits() -> None:
+    entry = PriceCatalog().lookup("volcengine", "doubao-seed-2-0-pro-260215", "ark.cn-beijing.volces.com")
+    assert entry is not None and entry.currency == "CNY"
+    # 50,000 input (band (32K, 128K]) of which 30,000 cache hits, 1,000 output:
+    # 20000*4.8 + 30000*0.64 + 1000*24 = 96000 + 19200 + 24000 = 139200 -> 0.1392
+    assert compute_cost(entry, tok(50_000, 1_000, cached=30_000)) == Decimal("0.1392")
+
+
 ZHIPU_BOUNDS = [
     # Zhipu writes its bands half-open in thousands of tokens: input [0, 32), output [0, 0.2).
     # GLM-4.7: 31999*2 + 199*8 = 63998 + 1592 = 65590 -> 0.06559 (short answer, first input band)
