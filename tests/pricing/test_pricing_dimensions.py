@@ -400,6 +400,25 @@ def test_bundled_doubao_seed_2_prices_cache_hits() -> None:
     assert compute_cost(entry, tok(50_000, 1_000, cached=30_000)) == Decimal("0.1392")
 
 
+QWEN_CN = [
+    # qwen3.7-plus, input band bound inclusive: 256000*2 + 2000*8 = 512000 + 16000 = 528000 -> 0.528
+    ("qwen3.7-plus", tok(256_000, 2_000), "0.528"),
+    # one more input token, the whole call in the 256K-1M band: 256001*6 + 2000*24 = 1536006 + 48000 -> 1.584006
+    ("qwen3.7-plus", tok(256_001, 2_000), "1.584006"),
+    # qwen3.8-max, flat, 8,000 of 10,000 input tokens cache hits: 2000*12 + 8000*1.5 + 1000*36 = 72000 -> 0.072
+    ("qwen3.8-max", tok(10_000, 1_000, cached=8_000), "0.072"),
+    # a dated qwen3-coder-plus snapshot, third band: 200000*10 + 1000*40 = 2000000 + 40000 -> 2.04
+    ("qwen3-coder-plus-2026-07-22", tok(200_000, 1_000), "2.04"),
+]
+
+
+@pytest.mark.parametrize(("model", "tokens", "expected"), QWEN_CN)
+def test_bundled_qwen_china_current_models(model: str, tokens: TokenUsage, expected: str) -> None:
+    entry = PriceCatalog().lookup("dashscope", model, "dashscope.aliyuncs.com")
+    assert entry is not None and entry.currency == "CNY"
+    assert compute_cost(entry, tokens) == Decimal(expected)
+
+
 ZHIPU_BOUNDS = [
     # Zhipu writes its bands half-open in thousands of tokens: input [0, 32), output [0, 0.2).
     # GLM-4.7: 31999*2 + 199*8 = 63998 + 1592 = 65590 -> 0.06559 (short answer, first input band)
