@@ -11,13 +11,13 @@ waiting thread to take it. (``time.sleep(0)`` would not: it releases and retakes
 before a waiter has woken up.) The cost is a pause of ``PAUSE_S`` per ``SLICE_S`` of
 background work, paid by the background thread alone.
 
-The figures were measured with ``benchmarks.looplag_bench`` (100 concurrent async calls, Redis
-ledger, 3 runs each): a 0.5 ms slice with a 0.1 ms pause left 64-155 loop steps per 3 s
-waiting over 1 ms for the GIL and a p99.9 wait of 2.6-4.7 ms; with the pause alone raised to
-2 ms it was 16-53 steps; with 0.1 ms slices and 0.3 ms pauses 2-7 steps and 0.72-0.82 ms. A
-paced thread runs at most a quarter of the time, so a thread that is behind (its backlog past
-what it drains in a moment) stops pausing until it has caught up: a host producing faster than
-we drain is better served by the draining (its callers would do it otherwise).
+Measured with ``benchmarks.looplag_bench`` (100 concurrent async calls), runs of the two
+settings interleaved: 0.1 ms slices with 0.3 ms pauses did no better than 0.5 ms with 0.1 ms
+(92-123 against 109-121 loop steps per 3 s waiting over 1 ms; an hour earlier, not interleaved,
+2-7 against 4-32: the machine's hour moved it more than the setting), so the cheaper one stays.
+A thread that is behind (its backlog past what it drains in a moment) does not pause until it
+has caught up: a host producing faster than we drain is better served by the draining (its
+callers would do it otherwise).
 ::
 
     pacer = Pacer()
@@ -33,10 +33,10 @@ import time
 __all__ = ["PAUSE_S", "SLICE_S", "Pacer"]
 
 #: The longest a background thread runs before it lets a waiting thread have the interpreter.
-SLICE_S = 0.0001
-#: Long enough for a thread woken by the release to take the GIL, with a margin for a VM's
-#: scheduling (a futex wake-up of an idle thread is ~30 us at the median, ~70 us at p99 here).
-PAUSE_S = 0.0003
+SLICE_S = 0.0005
+#: Long enough for a thread woken by the release to take the GIL (a futex wake-up of an idle thread
+#: is ~30 us at the median, ~70 us at p99 here).
+PAUSE_S = 0.0001
 
 
 class Pacer:
