@@ -236,9 +236,11 @@ class _State:
                 # Closing: retry now and then often, until stop() gives up waiting.
                 closing_seen, retry_at, backoff = True, 0.0, min(backoff, 0.1)
             if self.buffer and time.monotonic() >= retry_at:
-                if self._write(pacer):
+                # Behind (more than a few batches queued): write flat out, the queue is the host's memory.
+                pace = pacer.pace if len(self.buffer) <= _CATCH_UP_BATCHES * self.batch_size else no_pause
+                if self._write(pace):
                     backoff = 0.0
-                    pacer.pace()
+                    pace()
                     continue
                 backoff = min(self.retry_max, backoff * 2 or self.retry_initial)
                 retry_at = time.monotonic() + (min(backoff, 0.1) if self.stopping else backoff)
@@ -250,11 +252,9 @@ class _State:
                 self.wakeups.get(timeout=timeout)
             pacer.restart()
 
-    def _write(self, pacer: Pacer) -> bool:
-        """Write the oldest batch; ``False`` (batch kept) if the store failed."""
+    def _write(self, pace: Callable[[], None]) -> bool:
+        """Write the oldest batch, the store pacing itself with ``pace``; ``False`` (batch kept) if it failed."""
         batch = list(itertools.islice(self.buffer, self.batch_size))
-        # Behind (more than a few batches queued): write flat out, the queue is the host's memory.
-        pace = pacer.pace if len(self.buffer) <= _CATCH_UP_BATCHES * self.batch_size else no_pause
         try:
             self.store.append(batch, pace=pace)
         except Exception as exc:  # the store is I/O; keep the batch and retry

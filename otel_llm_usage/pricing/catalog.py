@@ -61,7 +61,7 @@ from .catalog_files import (
     load_catalog_file,
     parse_catalog,
 )
-from .hosts import NAMED_PROVIDERS, REGIONAL_PROVIDERS, canonical_provider, dashscope_region, price_region
+from .hosts import NAMED_PROVIDERS, canonical_provider, dashscope_region, price_region
 from .models import REGIONS, PriceEntry, PricingSettings
 
 __all__ = [
@@ -251,10 +251,8 @@ class PriceCatalog:
             pass
         canon = canonical_provider(provider, server_address)
         # Only regional providers price by region; the region argument, when a known one, beats the host.
-        if canon in REGIONAL_PROVIDERS:
-            region = region if region in REGIONS else price_region(canon, server_address)
-        else:
-            region = None
+        from_host = price_region(canon, server_address)
+        region = None if from_host is None else (region if region in REGIONS else from_host)
         key: _Key = (canon, region, model.strip().lower())
         if key in self._resolved:
             result = self._resolved[key]

@@ -50,8 +50,6 @@ _HOST_PROVIDERS = (
 # Provider names that are not a hostname: a call reported under one of them is never priced by
 # model name alone (the user, or the host table, said which provider it is).
 NAMED_PROVIDERS = frozenset({*_PROVIDER_ALIASES, *_PROVIDER_ALIASES.values(), *(n for _, n in _HOST_PROVIDERS)})
-#: Providers whose catalogs carry a region: a call is priced from its own region's entries only.
-REGIONAL_PROVIDERS = frozenset({"dashscope", "moonshot"})
 # Model Studio region ids in maas.aliyuncs.com hosts -> the catalog region that prices them.
 _MAAS_REGIONS = {"cn-beijing": "cn", "ap-southeast-1": "intl", "cn-hongkong": "hk", "us-east-1": "us"}
 
@@ -111,10 +109,12 @@ def moonshot_region(server_address: str | None) -> str:
     return "intl" if _host_is(_hostname(server_address), "moonshot.ai") else "cn"
 
 
+_REGION_OF = {"dashscope": dashscope_region, "moonshot": moonshot_region}
+#: Providers whose catalogs carry a region: a call is priced from its own region's entries only.
+REGIONAL_PROVIDERS = frozenset(_REGION_OF)
+
+
 def price_region(provider: str, server_address: str | None) -> str | None:
     """The price region of a call to a canonical ``provider`` (``None`` for a provider without regions)."""
-    if provider == "dashscope":
-        return dashscope_region(server_address)
-    if provider == "moonshot":
-        return moonshot_region(server_address)
-    return None
+    region_of = _REGION_OF.get(provider)
+    return None if region_of is None else region_of(server_address)
