@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .._blocking import WouldBlock
+from .._blocking import WouldBlock, may_wait
 from .._bounded import BoundedDict, BoundedSet
 from ..errors import BudgetExceeded
 from ..ledger.base import Amount, CounterStore, to_nanos
@@ -51,6 +51,17 @@ class _Reservation:
     inflight_key: str
     amount: Amount
     ttl_s: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Crossing:
+    """A threshold one settlement passed, for this process the first time."""
+
+    adm: Admission
+    used: Amount
+    level: EventLevel
+    threshold: float
+    mark: str
 
 
 class BudgetEngine:
@@ -95,6 +106,9 @@ class BudgetEngine:
         self._unconvertible: set[str] = set()
         # Reservations of calls admitted and not settled yet, by record id: kept here, not on the record.
         self._held: dict[str, list[_Reservation]] = {}
+        # Thresholds a record crossed while it was settled on an event loop, by record id: the store's
+        # warn-once mark and the host's callbacks wait for the worker thread (see ``process``).
+        self._crossed: dict[str, list[_Crossing]] = {}
 
     @property
     def callbacks(self) -> list[Callable[[BudgetEvent], None]]:
@@ -174,6 +188,30 @@ class BudgetEngine:
 
     # -- after the call ------------------------------------------------------------
     def process(self, record: UsageRecord) -> None:
+        """Settle the record's reservations and fire the thresholds it crosses.
+
+        Where waiting is not allowed (the pipeline's slices on an event loop) a store that would
+        wait for I/O raises ``WouldBlock`` before anything is counted; a store that counts locally
+        settles, and the thresholds crossed (a store round trip for the warn-once mark, then the
+        host's callbacks) are kept and ``WouldBlock`` raised after: the pipeline runs this stage
+        again for the record on its worker thread, which fires them."""
+        crossed = self._crossed.pop(record.record_id, None)
+        if crossed is not None:
+            self._fire(crossed)
+            return
+        on_loop = not may_wait()
+        if on_loop and not self.store.settles_locally:
+            raise WouldBlock("settlement on a shared store")
+        crossings: list[_Crossing] = []
+        self._settle_record(record, crossings)
+        if not crossings:
+            return
+        if on_loop:
+            self._crossed[record.record_id] = crossings
+            raise WouldBlock("budget thresholds crossed")
+        self._fire(crossings)
+
+    def _settle_record(self, record: UsageRecord, crossings: list[_Crossing]) -> None:
         if record.status == "blocked" or not self.budgets:
             self._release(record)
             return
@@ -184,7 +222,7 @@ class BudgetEngine:
         adm = next(matched, None)
         for budget in self.budgets:
             if adm is not None and adm.budget is budget:
-                self._settle(adm, reserved.get((budget.name, adm.scope)), actual)
+                self._settle(adm, reserved.get((budget.name, adm.scope)), actual, crossings)
                 adm = next(matched, None)
                 continue
             # The model may have been downgraded away from this budget's glob: still settle what was held.
@@ -192,17 +230,18 @@ class BudgetEngine:
             if held is not None:
                 self.planner.remember(budget, held.scope)
                 self._settle(self.planner.admission(budget, held.scope, self.planner.window(budget, now)), held,
-                             actual)
+                             actual, crossings)
 
-    def _settle(self, adm: Admission, held: _Reservation | None, actual: Amount) -> None:
-        """Count ``actual`` (releasing ``held``, the call's reservation) and fire the thresholds it crosses.
+    def _settle(self, adm: Admission, held: _Reservation | None, actual: Amount,
+                crossings: list[_Crossing]) -> None:
+        """Count ``actual`` (releasing ``held``, the call's reservation) and note the thresholds it crosses.
 
         One round trip (Redis) or transaction (SQLite) for the settlement and the new total; none
         at all with leases, which count here and write in the background."""
         inflight_key, reserved = (held.inflight_key, held.amount) if held is not None else (adm.inflight_key, _NONE)
         used, _ = self.store.settle_and_read(adm.bucket, inflight_key, reserved, actual, adm.window.ttl_s,
                                              adm.used_keys)
-        self._thresholds(adm, used)
+        self._thresholds(adm, used, crossings)
 
     def _actual(self, record: UsageRecord) -> Amount:
         cost = 0
@@ -225,7 +264,7 @@ class BudgetEngine:
                 return 0
         return to_nanos(cost)
 
-    def _thresholds(self, adm: Admission, used: Amount) -> None:
+    def _thresholds(self, adm: Admission, used: Amount, crossings: list[_Crossing]) -> None:
         budget, scope, window = adm.budget, adm.scope, adm.window
         util = _utilization(adm, used)
         levels: list[tuple[float, EventLevel]] = [(t, "warn") for t in budget.warn_at if util >= t]
@@ -233,10 +272,14 @@ class BudgetEngine:
             levels.append((1.0, "exceeded"))
         for threshold, level in levels:
             mark = f"{budget.name}|{scope}|{window.id}|{level}|{threshold}"
-            if not self._marked.first(mark):
-                continue  # asked the store once already: every later call past the threshold is not news
-            if self.store.mark_once(mark, window.ttl_s):
-                self.events.fire(budget, scope, window, used, level, threshold)
+            if self._marked.first(mark):  # else asked the store once already: not news
+                crossings.append(_Crossing(adm, used, level, threshold, mark))
+
+    def _fire(self, crossings: list[_Crossing]) -> None:
+        for c in crossings:
+            window = c.adm.window
+            if self.store.mark_once(c.mark, window.ttl_s):
+                self.events.fire(c.adm.budget, c.adm.scope, window, c.used, c.level, c.threshold)
 
     # -- status, refresh, exit report ----------------------------------------------
     def status(self) -> list[BudgetStatus]:
@@ -259,6 +302,7 @@ class BudgetEngine:
     def after_fork_in_child(self) -> None:
         """Only the forking thread survives a fork: new locks, no refresh thread (``start`` makes one)."""
         self.planner.after_fork_in_child()
+        self._crossed.clear()  # their records were the parent's to finish
         self.events.after_fork_in_child()
         self.refresher.after_fork_in_child()
 

@@ -59,6 +59,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from .._blocking import WouldBlock, may_wait
 from .._fork import reset_after_fork
 from .._guard import internal_error
 from .._pacing import Pacer
@@ -346,6 +347,8 @@ class LedgerWriter:
 
     def process(self, record: UsageRecord) -> None:
         if self._state.stopping:
+            if not may_wait():
+                raise WouldBlock("the writer has stopped: this record is written here")
             self._write_now([record])
             return
         if self._state.restart:  # first record in a forked child

@@ -16,6 +16,18 @@ everything queued is settled, and the reservations stay in flight until their
 record is settled, so the overshoot bound of :mod:`otel_llm_usage.budgets.engine`
 is unchanged.
 
+A record submitted on a thread that runs an asyncio event loop is processed on that loop
+instead, in slices of at most :data:`~otel_llm_usage._pacing.SLICE_S` scheduled with
+``call_soon`` between the host's own callbacks. A worker thread running beside a loop makes
+the loop wait for the GIL whenever both want it at once (every forced switch waits for the
+worker's next pause, and the wake-up after it is the operating system's to give); a slice on
+the loop is the loop's own time, spent when the loop gets to it. The slices run under
+:func:`~otel_llm_usage._blocking.no_waiting`: a stage that would have to wait for a store, or
+run the host's callbacks, raises ``WouldBlock`` before doing anything, and the record goes on
+from that stage on the worker (every record after it too, so the order holds). The worker
+stays the fallback: it drains what a loop left behind when no slice ran for ``idle_wait``
+(a loop closed with a slice scheduled, or held by the host).
+
 Budgets also get a say *before* a call (:meth:`Pipeline.before_call`): they
 may raise :class:`~otel_llm_usage.errors.BudgetExceeded` or return a cheaper
 model to use instead.
@@ -23,14 +35,17 @@ model to use instead.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 import weakref
+from asyncio import AbstractEventLoop
+from asyncio.events import _get_running_loop  # the loop of this thread or None, without raising
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from .._blocking import WouldBlock
+from .._blocking import WouldBlock, no_waiting
 from .._fork import reset_after_fork
 from .._guard import internal_error
 from .._pacing import Pacer
@@ -81,12 +96,17 @@ _SHARE = 2  # records a producer processes itself past _MAX_PENDING
 _CATCH_UP = 256  # past this many queued records the worker stops pausing (see _pacing)
 
 
-def _run_stages(stages: list[Stage], record: UsageRecord) -> None:
-    for stage in stages:
+def _run_stages(stages: list[Stage], record: UsageRecord, start: int = 0) -> int | None:
+    """Run ``stages[start:]``; the index of a stage that raised ``WouldBlock`` (it did nothing), else None."""
+    for index in range(start, len(stages)):
+        stage = stages[index]
         try:
             stage.process(record)
+        except WouldBlock:
+            return index
         except Exception as exc:  # one broken stage must not stop the others
             internal_error(f"stage:{type(stage).__name__}", exc)
+    return None
 
 
 class _Deferred:
@@ -97,6 +117,11 @@ class _Deferred:
         self.stages = stages
         self.idle_wait = idle_wait
         self.pending: deque[UsageRecord] = deque()
+        #: records an event loop's slice could not finish, each with the stage to go on from; first in line
+        self.resumed: deque[tuple[UsageRecord, int]] = deque()
+        #: loops with a slice scheduled, so a burst of calls schedules one
+        self.loops: set[AbstractEventLoop] = set()
+        self.loop_slices = 0  # slices run so far: the worker's sign that the loops keep up
         # Re-entrant: a budget callback run by a deferred stage may read budget status, which drains.
         self.lock = threading.RLock()
         self.wake = threading.Event()
@@ -108,6 +133,12 @@ class _Deferred:
             _run_stages(self.stages, record)
             return
         self.pending.append(record)
+        loop = _get_running_loop()
+        if loop is not None and not self.resumed and len(self.pending) <= _MAX_PENDING:
+            self.schedule(loop)
+            if self.thread is None:
+                self.start()  # the fallback for what a loop leaves behind
+            return
         if len(self.pending) > _MAX_PENDING:
             # Back-pressure: a producer outpacing the worker does its own share and one record
             # more, so the queue (and the work a metric collection may have to drain) shrinks and
@@ -122,6 +153,46 @@ class _Deferred:
                 self.start()
             self.wake.set()
 
+    def schedule(self, loop: AbstractEventLoop) -> None:
+        if loop in self.loops:
+            return
+        self.loops.add(loop)
+        # An empty context: the slice must not run in (and stamp exemplars from) the caller's.
+        loop.call_soon(self.loop_slice, loop, context=contextvars.Context())
+
+    def loop_slice(self, loop: AbstractEventLoop) -> None:
+        """Process queued records on the event loop for one slice; schedule the next if some are left."""
+        self.loops.discard(loop)
+        self.loop_slices += 1
+        if self.stopped.is_set():
+            return
+        if self.resumed:
+            self.wake.set()  # a record waits for the worker: the rest queue behind it
+            return
+        if not self.lock.acquire(blocking=False):
+            # The worker or a reader is draining, and takes these along; try again next turn rather
+            # than wait for the lock on the loop.
+            self.schedule(loop)
+            return
+        try:
+            pending = self.pending
+            pacer = Pacer()
+            with no_waiting():
+                while pending:
+                    record = pending.popleft()
+                    stage = _run_stages(self.stages, record)
+                    if stage is not None:
+                        self.resumed.append((record, stage))
+                        break
+                    if pacer.due():
+                        break
+        finally:
+            self.lock.release()
+        if self.resumed:
+            self.wake.set()
+        elif self.pending:
+            self.schedule(loop)
+
     def start(self) -> None:
         with self.lock:
             if self.thread is None and not self.stopped.is_set():
@@ -132,10 +203,15 @@ class _Deferred:
         stopped = self.stopped
         pacer = Pacer()
         while not stopped.is_set():
+            slices = self.loop_slices
             if self.wake.wait(self.idle_wait):
                 # Let records gather for a moment: one wake-up (and one GIL hand-over) per batch
                 # rather than per call. The flag stays set meanwhile, so producers skip set().
                 stopped.wait(_BATCH_DELAY_S)
+            elif self.loop_slices != slices:
+                continue  # the event loops drain their own records
+            else:
+                self.loops.clear()  # a loop closed with a slice scheduled never runs it; others reschedule
             self.wake.clear()
             pacer.restart()
             self.drain(pacer=pacer)
@@ -144,15 +220,26 @@ class _Deferred:
         """Process every queued record on this thread (at most ``limit``), after any drain in progress
         elsewhere. ``False`` only when ``timeout`` passed before the lock was free. The worker passes
         its ``pacer`` and lets the host's threads run now and then; a reader draining on its own
-        thread does not pause."""
+        thread does not pause. Raises ``WouldBlock`` where waiting is not allowed and a stage needs
+        to (the record stays first in line)."""
         if not self.lock.acquire(timeout=timeout):
             return False
         try:
-            pending = self.pending
+            pending, resumed = self.pending, self.resumed
             left = -1 if limit is None else limit
-            while pending and left != 0:
+            while left != 0:
+                if resumed:
+                    record, start = resumed.popleft()
+                elif pending:
+                    record, start = pending.popleft(), 0
+                else:
+                    break
                 left -= 1
-                _run_stages(self.stages, pending.popleft())
+                stage = _run_stages(self.stages, record, start)
+                if stage is not None:
+                    # Only where waiting is not allowed (a reader on an event loop): it goes on where it may.
+                    resumed.appendleft((record, stage))
+                    raise WouldBlock(f"stage {stage}")
                 if pacer is not None and 0 < len(pending) <= _CATCH_UP and pacer.due():
                     # Paused without the lock: a reader that drains meanwhile takes over the rest.
                     self.lock.release()
@@ -175,6 +262,8 @@ class _Deferred:
     def after_fork_in_child(self) -> None:
         """The queued records are the parent's to process; the worker starts with the next record."""
         self.pending.clear()
+        self.resumed.clear()
+        self.loops = set()
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.thread = None
@@ -260,7 +349,7 @@ class Pipeline:
     @property
     def pending(self) -> int:
         """Records whose deferred stages have not run yet."""
-        return len(self._deferred.pending)
+        return len(self._deferred.pending) + len(self._deferred.resumed)
 
     def shutdown(self) -> None:
         self._finalizer.detach()

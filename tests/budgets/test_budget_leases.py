@@ -644,3 +644,54 @@ def test_a_busy_sqlite_file_is_not_an_outage(tmp_path: Path) -> None:
         assert reader.read(USED, INFLIGHT) == (ACTUAL, Amount())  # counted once, nothing left in flight
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_with_leases_off_async_calls_are_settled_off_the_event_loop(kind: str, llm_server, tmp_path: Path,
+                                                                   request: pytest.FixtureRequest) -> None:
+    """Without leases a settlement is a store round trip: the pipeline's slices on the loop hand such a
+    record to the worker thread rather than wait there. Exact totals in the store."""
+    import asyncio
+
+    import openai
+
+    from otel_llm_usage import flush, get_budget_status
+    from otel_llm_usage.config import Config
+    from otel_llm_usage.runtime.core import active_runtime
+    from tests.conftest import close_otel, make_otel
+
+    llm_server.clear()
+    config = Config.model_validate({"provider_hosts": {"127.0.0.1": "openai"},
+                                    "ledger": _ledger_url(kind, tmp_path, request),
+                                    "budget_leases": {"enabled": False},
+                                    "budgets": [{"name": "b", "limit": {"tokens": 10_000}, "action": "block"}]})
+    otel = make_otel(llm_server, config)
+    try:
+        runtime = active_runtime(create=False)
+        assert runtime is not None and not isinstance(runtime.counters, LeasedCounterStore)
+        store = runtime.counters
+        settled_on: list[str] = []
+        real_settle = store.settle_and_read
+
+        def watched(*args, **kwargs):  # the real settlement, with the thread it ran on noted
+            settled_on.append(threading.current_thread().name)
+            return real_settle(*args, **kwargs)
+
+        store.settle_and_read = watched  # type: ignore[method-assign]
+
+        async def main() -> str:
+            client = openai.AsyncOpenAI(base_url=llm_server.openai_base_url, api_key="sk-x", max_retries=0)
+            for _ in range(3):
+                await asyncio.gather(*(client.chat.completions.create(model="gpt-4o-mini", messages=MSG,
+                                                                      max_tokens=5) for _ in range(10)))
+                await asyncio.sleep(0.02)
+            await client.close()
+            return threading.current_thread().name
+
+        loop_thread = asyncio.run(main())
+        assert flush()
+        assert len(settled_on) == 30 and loop_thread not in settled_on
+        (status,) = get_budget_status()
+        assert status["used"] == 30 * CALL_TOKENS and status["in_flight"] == 0
+    finally:
+        close_otel(otel)

@@ -302,3 +302,33 @@ def test_reservation_priced_from_flat_rates_matches_the_full_pricing(llm_server,
             assert (fast.cost_nanos > 0) == (model != "no-such-model")
     finally:
         close_otel(o)
+
+
+@pytest.mark.parametrize("budgeted", [{"limit": {"tokens": 100}, "warn_at": [0.2, 0.5], "action": "alert"}],
+                         indirect=True)
+def test_async_calls_settle_on_the_loop_and_fire_thresholds_off_it(budgeted):
+    """Records of an event loop are settled in the loop's own slices; the warn-once mark and the host's
+    callbacks (which may block) wait for the pipeline's worker thread. Exact usage and events."""
+    import threading
+
+    server = budgeted.server
+    events: list[tuple[str, float, str]] = []
+    budgeted.instrumentor.runtime.budgets.callbacks.append(
+        lambda e: events.append((e.level, e.threshold, threading.current_thread().name)))
+
+    async def main() -> str:
+        client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key="sk-x", max_retries=0)
+        for _ in range(12):  # 9 tokens each: 20 % on call 3, 50 % on call 6, exceeded on call 12
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+            await asyncio.sleep(0.01)  # the loop's turn: the record's slice runs
+        await client.close()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert flush()
+    assert [(level, t) for level, t, _ in events] == [("warn", 0.2), ("warn", 0.5), ("exceeded", 1.0)]
+    assert {name for *_, name in events} == {"otel-llm-usage-pipeline"} and loop_thread != "otel-llm-usage-pipeline"
+    (status,) = get_budget_status()
+    assert status["used"] == 12 * CALL_TOKENS and status["in_flight"] == 0
+    assert budgeted.value("llm_budget_events_total", level="warn") == 2
+    assert len(budgeted.records()) == 12

@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Records submitted on an asyncio event loop: processed on that loop in short slices, the worker the fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+
+import pytest
+
+from otel_llm_usage._blocking import WouldBlock, may_wait, no_waiting
+from otel_llm_usage._pacing import SLICE_S
+from otel_llm_usage.runtime.pipeline import Pipeline
+from otel_llm_usage.usage import UsageRecord
+
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+
+
+def record(n: int) -> UsageRecord:
+    return UsageRecord(provider="openai", operation="chat", request_model=f"m{n}")
+
+
+class Seen:
+    """A deferred stage noting, per record, the thread, whether it could wait, and the caller's context."""
+
+    def __init__(self, cost_s: float = 0.0, blocks_on: set[str] | None = None) -> None:
+        self.cost_s = cost_s
+        self.blocks_on = blocks_on or set()
+        self.seen: list[tuple[str, str, bool, str]] = []  # (model, thread, may_wait, CALLER)
+
+    def process(self, rec: UsageRecord) -> None:
+        model = rec.request_model or ""
+        if model in self.blocks_on and not may_wait():
+            raise WouldBlock(model)  # before doing anything, as the contract asks
+        if self.cost_s:
+            end = time.perf_counter() + self.cost_s
+            while time.perf_counter() < end:
+                pass
+        self.seen.append((model, threading.current_thread().name, may_wait(), CALLER.get()))
+
+    def models(self) -> list[str]:
+        return [m for m, *_ in self.seen]
+
+
+def test_records_of_an_event_loop_are_processed_on_it_in_order_under_no_waiting() -> None:
+    first, second = Seen(), Seen()
+    pipeline = Pipeline(deferred=[first, second], idle_wait=30.0)
+    try:
+        async def main() -> str:
+            CALLER.set("the call")
+            for i in range(40):
+                pipeline.submit(record(i))
+            assert first.seen == []  # the call returned before anything ran
+            for _ in range(100):
+                await asyncio.sleep(0)
+                if len(second.seen) == 40:
+                    break
+            return threading.current_thread().name
+
+        loop_thread = asyncio.run(main())
+        expected = [f"m{i}" for i in range(40)]
+        assert first.models() == expected and second.models() == expected
+        # On the loop's thread, where waiting is not allowed, and not in the caller's context.
+        assert {(t, w, c) for _, t, w, c in first.seen + second.seen} == {(loop_thread, False, "none")}
+        assert pipeline.pending == 0
+    finally:
+        pipeline.shutdown()
+
+
+def test_a_slice_ends_after_its_time_and_lets_the_loops_other_callbacks_run() -> None:
+    cost = 0.0002
+    stage = Seen(cost_s=cost)
+    pipeline = Pipeline(deferred=[stage], idle_wait=30.0)
+    per_slice = int(SLICE_S / cost) + 1
+    try:
+        async def main() -> list[int]:
+            for i in range(60):
+                pipeline.submit(record(i))
+            progress = []  # records processed each time another coroutine gets the loop
+            while len(stage.seen) < 60:
+                await asyncio.sleep(0)
+                progress.append(len(stage.seen))
+            return progress
+
+        progress = asyncio.run(main())
+        steps = [b - a for a, b in zip([0, *progress[:-1]], progress, strict=True)]
+        assert sum(steps) == 60
+        assert max(steps) <= per_slice + 1  # one slice per loop turn, each about SLICE_S long
+        assert len([s for s in steps if s]) >= 60 // (per_slice + 1)
+    finally:
+        pipeline.shutdown()
+
+
+def test_a_stage_that_would_wait_hands_the_record_to_the_worker_from_that_stage_on() -> None:
+    first, second, third = Seen(), Seen(blocks_on={"m3"}), Seen()
+    pipeline = Pipeline(deferred=[first, second, third], idle_wait=30.0)
+    try:
+        async def main() -> str:
+            for i in range(8):
+                pipeline.submit(record(i))
+            await asyncio.sleep(0)
+            return threading.current_thread().name
+
+        loop_thread = asyncio.run(main())
+        assert pipeline.drain(10)
+        expected = [f"m{i}" for i in range(8)]
+        for stage in (first, second, third):
+            assert stage.models() == expected  # each stage once per record, in order
+        # On the loop (waiting not allowed) up to m3; m3 went on from the second stage where waiting
+        # is allowed (its first stage ran once, on the loop), and every record after it queued behind it.
+        assert [w for *_, w, _ in first.seen] == [False] * 4 + [True] * 4
+        assert [w for *_, w, _ in second.seen] == [False] * 3 + [True] * 5
+        assert {t for _, t, *_ in first.seen[:4]} == {loop_thread}
+    finally:
+        pipeline.shutdown()
+
+
+def test_records_left_on_a_closed_loop_are_drained_by_the_worker() -> None:
+    stage = Seen()
+    pipeline = Pipeline(deferred=[stage], idle_wait=0.2)
+    try:
+        loop = asyncio.new_event_loop()
+
+        def submit_and_leave() -> None:
+            for i in range(5):
+                pipeline.submit(record(i))  # the slice is scheduled for a turn this loop never takes
+            loop.stop()
+
+        loop.call_soon(submit_and_leave)
+        loop.run_forever()
+        loop.close()
+        deadline = time.monotonic() + 5
+        while len(stage.seen) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stage.models() == [f"m{i}" for i in range(5)]
+        assert {t for _, t, *_ in stage.seen} == {"otel-llm-usage-pipeline"}
+    finally:
+        pipeline.shutdown()
+
+
+def test_a_reader_on_the_loop_that_may_not_wait_gets_would_block_and_the_record_stays_first() -> None:
+    first, second = Seen(), Seen(blocks_on={"m0"})
+    pipeline = Pipeline(deferred=[first, second], idle_wait=30.0)
+    try:
+        async def main() -> None:
+            pipeline.submit(record(0))
+            pipeline.submit(record(1))
+            with no_waiting(), pytest.raises(WouldBlock):
+                pipeline.drain()  # a budget refusal's drain inside an event loop's pre-call check
+
+        asyncio.run(main())
+        assert pipeline.drain(10)  # where waiting is allowed
+        assert first.models() == ["m0", "m1"] and second.models() == ["m0", "m1"]
+        assert pipeline.pending == 0
+    finally:
+        pipeline.shutdown()
+
+
+def test_records_from_threads_still_go_to_the_worker() -> None:
+    stage = Seen()
+    pipeline = Pipeline(deferred=[stage], idle_wait=30.0)
+    try:
+        for i in range(3):
+            pipeline.submit(record(i))
+        assert pipeline.drain(10)
+        deadline = time.monotonic() + 5
+        while len(stage.seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stage.models() == ["m0", "m1", "m2"]
+        assert all(w for _, _, w, _ in stage.seen)
+    finally:
+        pipeline.shutdown()
