@@ -93,6 +93,7 @@ class PreCallStage(Protocol):
 _BATCH_DELAY_S = 0.01
 _MAX_PENDING = 1000
 _SHARE = 2  # records a producer processes itself past _MAX_PENDING
+_LOCKED_RETRY_S = 0.001  # a loop's slice finding the queue locked by a drain elsewhere tries again after this
 _CATCH_UP = 256  # past this many queued records the worker stops pausing (see _pacing)
 
 
@@ -170,9 +171,10 @@ class _Deferred:
             self.wake.set()  # a record waits for the worker: the rest queue behind it
             return
         if not self.lock.acquire(blocking=False):
-            # The worker or a reader is draining, and takes these along; try again next turn rather
-            # than wait for the lock on the loop.
-            self.schedule(loop)
+            # The worker or a reader is draining and takes these along (or a budget callback of the
+            # host holds it). Look again shortly rather than wait for the lock on the loop, or spin.
+            self.loops.add(loop)
+            loop.call_later(_LOCKED_RETRY_S, self.loop_slice, loop, context=contextvars.Context())
             return
         try:
             pending = self.pending

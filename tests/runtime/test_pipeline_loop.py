@@ -172,3 +172,40 @@ def test_records_from_threads_still_go_to_the_worker() -> None:
         assert all(w for _, _, w, _ in stage.seen)
     finally:
         pipeline.shutdown()
+
+
+def test_a_slice_that_finds_the_queue_locked_neither_waits_nor_spins_on_the_loop() -> None:
+    gate, entered = threading.Event(), threading.Event()
+
+    class Held(Seen):
+        def process(self, rec: UsageRecord) -> None:
+            if rec.request_model == "m0":
+                entered.set()
+                assert gate.wait(10)  # a host callback blocking on the worker, the queue's lock held
+            super().process(rec)
+
+    stage = Held()
+    pipeline = Pipeline(deferred=[stage], idle_wait=30.0)
+    try:
+        pipeline.submit(record(0))  # from this thread: the worker takes it and blocks
+        assert entered.wait(10)
+
+        async def main() -> float:
+            for i in range(1, 4):
+                pipeline.submit(record(i))
+            cpu0 = time.thread_time()
+            await asyncio.sleep(0.1)  # the loop idles: its slice must not retry in a busy loop
+            cpu = time.thread_time() - cpu0
+            gate.set()
+            for _ in range(200):
+                await asyncio.sleep(0.005)
+                if len(stage.seen) == 4:
+                    break
+            return cpu
+
+        cpu = asyncio.run(main())
+        assert cpu < 0.03, f"the loop thread spent {cpu * 1e3:.1f} ms of CPU in 100 ms of idling"
+        assert stage.models() == ["m0", "m1", "m2", "m3"]
+    finally:
+        gate.set()
+        pipeline.shutdown()
