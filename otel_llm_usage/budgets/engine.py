@@ -134,6 +134,8 @@ class BudgetEngine:
         reservation: Amount | None = None
         new_model: str | None = None
         for adm in self.planner.plan(record, now).gating:
+            if not self.store.counts_locally and not may_wait():
+                raise WouldBlock("admission on a shared store")  # the async call awaits it on a thread
             budget = adm.budget
             if reservation is None or (budget.limit.cost is not None and not reservation.cost_nanos):
                 # Pricing the estimate is the costly part: only budgets with a cost limit need it.
@@ -200,7 +202,7 @@ class BudgetEngine:
             self._fire(crossed)
             return
         on_loop = not may_wait()
-        if on_loop and not self.store.settles_locally:
+        if on_loop and not self.store.counts_locally:
             raise WouldBlock("settlement on a shared store")
         crossings: list[_Crossing] = []
         self._settle_record(record, crossings)

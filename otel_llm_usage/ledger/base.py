@@ -98,9 +98,10 @@ class CounterStore(Protocol):
 
     #: Other processes count in these counters too (SQLite, Redis); ``False``: this process alone.
     shared: bool
-    #: ``settle`` and ``settle_and_read`` count here without waiting for a file or the network (memory;
-    #: leases, which write in the background), so they may run on an event loop.
-    settles_locally: bool
+    #: ``try_reserve``, ``settle`` and ``settle_and_read`` count here without waiting for a file or the
+    #: network (memory; leases, which write in the background and raise ``WouldBlock`` themselves when an
+    #: admission would have to wait for the store), so they may run on an event loop.
+    counts_locally: bool
 
     def try_reserve(self, used_keys: Sequence[str], inflight_key: str, reservation: Amount, limit: Limit,
                     ttl_s: int | None) -> tuple[bool, Amount, Amount]:

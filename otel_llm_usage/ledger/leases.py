@@ -89,7 +89,7 @@ class LeasedCounterStore:
     # store's own timeouts bound the request; this only guards against a request that never ends).
     _FOLLOWER_WAIT_S = 5.0
     shared = True
-    settles_locally = True  # counted under a lock; the background thread writes
+    counts_locally = True  # counted under a lock; the background thread writes
 
     def __init__(self, store: FailOpenCounterStore, *, share: float = 0.02, ttl_s: float = 5.0, low_water: float = 0.5,
                  flush_interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:

@@ -145,7 +145,7 @@ class _Locked:
 
 class MemoryCounterStore(_counting.CountingStore):
     shared = False
-    settles_locally = True
+    counts_locally = True
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._locked = _Locked(self._lock, _View(clock))

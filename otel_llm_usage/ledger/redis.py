@@ -180,7 +180,7 @@ class RedisCounterStore:
     (TTLs in whole seconds, as Redis keeps them)."""
 
     shared = True
-    settles_locally = False
+    counts_locally = False
 
     def __init__(self, url: str = "redis://localhost:6379/0", *, prefix: str | None = None,
                  socket_timeout: float = 0.5, client: redis_lib.Redis | None = None) -> None:

@@ -89,7 +89,7 @@ class FailOpenCounterStore:
                  on_degraded: Callable[[str], None] | None = None, baseline_size: int = 10_000) -> None:
         self.primary = primary
         self.shared = primary.shared
-        self.settles_locally = primary.settles_locally
+        self.counts_locally = primary.counts_locally
         self.fallback: CounterStore = fallback if fallback is not None else MemoryCounterStore()
         self.on_degraded = on_degraded
         self.probe_interval = probe_interval

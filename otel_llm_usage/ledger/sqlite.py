@@ -161,7 +161,7 @@ def _where(since: float | None = None, until: float | None = None, provider: str
 class SqliteCounterStore(counting.CountingStore):
     """:class:`~otel_llm_usage.ledger.base.CounterStore` on SQLite; behaves like ``MemoryCounterStore``."""
     shared = True
-    settles_locally = False
+    counts_locally = False
 
     def __init__(self, path: str | os.PathLike[str] | SqliteDatabase, *, busy_timeout: float = 2.0,
                  clock: Callable[[], float] = time.time) -> None:

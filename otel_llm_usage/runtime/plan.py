@@ -54,7 +54,7 @@ def plan_stages(pricing: Stage, budgets: Stage, telemetry: Stage, store: RecordS
       with leases, admission is local, so a settlement never makes the next call wait behind it.
     * **An event loop's records, on that loop.** The same deferred stages run in the loop's own
       short slices (``Pipeline``'s module docstring says why); a stage that would wait there (a
-      settlement on a store that ``settles_locally`` not, a threshold's warn-once mark and the
+      settlement on a store that ``counts_locally`` not, a threshold's warn-once mark and the
       host's callbacks, a stopped writer) hands the record to the worker from that stage on.
     * **The ledger:** a store whose writes wait on a file or the network (``writes_block``) gets a
       writer thread of its own that batches and retries (``LedgerWriter``), and the daily retention

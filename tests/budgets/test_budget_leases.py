@@ -647,10 +647,11 @@ def test_a_busy_sqlite_file_is_not_an_outage(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
-def test_with_leases_off_async_calls_are_settled_off_the_event_loop(kind: str, llm_server, tmp_path: Path,
-                                                                   request: pytest.FixtureRequest) -> None:
-    """Without leases a settlement is a store round trip: the pipeline's slices on the loop hand such a
-    record to the worker thread rather than wait there. Exact totals in the store."""
+def test_with_leases_off_async_calls_are_admitted_and_settled_off_the_event_loop(
+        kind: str, llm_server, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Without leases an admission and a settlement are each a store round trip: the async call awaits
+    its admission on our thread pool, and the pipeline's slices on the loop hand such a record to the
+    worker thread, rather than wait on the loop. Exact totals in the store."""
     import asyncio
 
     import openai
@@ -671,13 +672,19 @@ def test_with_leases_off_async_calls_are_settled_off_the_event_loop(kind: str, l
         assert runtime is not None and not isinstance(runtime.counters, LeasedCounterStore)
         store = runtime.counters
         settled_on: list[str] = []
-        real_settle = store.settle_and_read
+        admitted_on: list[str] = []
+        real_settle, real_reserve = store.settle_and_read, store.try_reserve
 
-        def watched(*args, **kwargs):  # the real settlement, with the thread it ran on noted
+        def watched_settle(*args, **kwargs):  # the real settlement, with the thread it ran on noted
             settled_on.append(threading.current_thread().name)
             return real_settle(*args, **kwargs)
 
-        store.settle_and_read = watched  # type: ignore[method-assign]
+        def watched_reserve(*args, **kwargs):  # the real admission, with the thread it ran on noted
+            admitted_on.append(threading.current_thread().name)
+            return real_reserve(*args, **kwargs)
+
+        store.settle_and_read = watched_settle  # type: ignore[method-assign]
+        store.try_reserve = watched_reserve  # type: ignore[method-assign]
 
         async def main() -> str:
             client = openai.AsyncOpenAI(base_url=llm_server.openai_base_url, api_key="sk-x", max_retries=0)
@@ -691,6 +698,7 @@ def test_with_leases_off_async_calls_are_settled_off_the_event_loop(kind: str, l
         loop_thread = asyncio.run(main())
         assert flush()
         assert len(settled_on) == 30 and loop_thread not in settled_on
+        assert len(admitted_on) == 30 and loop_thread not in admitted_on, admitted_on
         (status,) = get_budget_status()
         assert status["used"] == 30 * CALL_TOKENS and status["in_flight"] == 0
     finally:
