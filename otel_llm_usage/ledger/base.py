@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..usage import UsageRecord
 
@@ -171,11 +171,21 @@ class RecordStore(Protocol):
     #: Writes wait on a file or the network: they get a writer thread of their own (``LedgerWriter``).
     writes_block: bool
 
+    def encode(self, record: UsageRecord) -> Any:
+        """``record`` in the form :meth:`write` takes: Python work, no I/O. ``LedgerWriter`` encodes
+        where the record is processed (an event loop's slices, the pipeline's worker), so that its
+        own thread only sends: a thread running Python beside an event loop makes it wait."""
+        ...
+
+    def write(self, encoded: Sequence[Any], *, pace: Callable[[], None] = ...) -> None:
+        """Write a batch of records made by :meth:`encode`; raise on failure (the writer retries and
+        buffers). A store that still works in Python per item calls ``pace`` between items and
+        between requests: the writer thread passes its :class:`~otel_llm_usage._pacing.Pacer`, so a
+        batch never holds the host's threads off the interpreter for more than a slice."""
+        ...
+
     def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = ...) -> None:
-        """Write a batch; raise on failure (the writer retries and buffers). A store that builds its
-        payload in Python calls ``pace`` between records and between requests: the writer thread
-        passes its :class:`~otel_llm_usage._pacing.Pacer`, so encoding a batch never holds the
-        host's threads (an event loop) off the interpreter for more than a slice."""
+        """Encode and write the records (the CLI, tests, a late record at exit)."""
         ...
 
     def query(self, q: RecordQuery) -> list[UsageRecord]:

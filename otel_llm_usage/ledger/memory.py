@@ -45,10 +45,15 @@ class MemoryRecordStore:
         self._records: deque[UsageRecord] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
 
-    def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
-        kept = [_storable(r) for r in records]
+    def encode(self, record: UsageRecord) -> UsageRecord:
+        return _storable(record)
+
+    def write(self, encoded: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
         with self._lock:
-            self._records.extend(kept)
+            self._records.extend(encoded)
+
+    def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
+        self.write([_storable(r) for r in records])
 
     def records(self) -> list[UsageRecord]:
         """Every kept record, oldest first."""

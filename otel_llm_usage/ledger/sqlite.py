@@ -85,17 +85,23 @@ class SqliteRecordStore:
         self._db = open_database(path, busy_timeout, time.time)
         self._closed = False
 
+    def encode(self, record: UsageRecord) -> tuple[Any, ...]:
+        return to_row(record)
+
     def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
-        if not records:
+        self.write([to_row(r) for r in records], pace=pace)
+
+    def write(self, encoded: Sequence[tuple[Any, ...]], *, pace: Callable[[], None] = no_pause) -> None:
+        if not encoded:
             return
-        # Built before taking the lock, paced (the rows are Python work): keep the write short.
-        rows = []
-        for r in records:
-            rows.append(to_row(r))
+        # Built (paced) before taking the lock, and not paced inside the transaction: a pause there
+        # would hold the file's lock longer.
+        statements = []
+        for i in range(0, len(encoded), ROWS_PER_INSERT):
+            part = encoded[i:i + ROWS_PER_INSERT]
+            statements.append((INSERT_FULL if len(part) == ROWS_PER_INSERT else insert_rows(len(part)),
+                               [value for row in part for value in row]))
             pace()
-        statements = [(INSERT_FULL if len(part) == ROWS_PER_INSERT else insert_rows(len(part)),
-                       [value for row in part for value in row])
-                      for part in (rows[i:i + ROWS_PER_INSERT] for i in range(0, len(rows), ROWS_PER_INSERT))]
         with self._db.transaction() as conn:
             for sql, values in statements:
                 conn.execute(sql, values)

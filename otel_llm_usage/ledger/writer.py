@@ -10,13 +10,16 @@
 
 How it behaves:
 
-* ``process`` appends to a ``collections.deque`` and returns: no lock, no I/O. The deque is
-  drained by one daemon thread that writes ``batch_size`` records per ``store.append`` and
-  wakes when a batch is full or ``flush_interval`` has passed. Batches are 256 records (64 were
-  measured to cut SQLite ingest from ~65 k to ~42 k records/s); the store encodes a batch paced
-  record by record (:mod:`otel_llm_usage._pacing`), so a host thread does not wait for the GIL
-  while a batch is serialized (one Redis ``ZADD`` of 256 records held it ~4.5 ms). A writer more
-  than :data:`_CATCH_UP_BATCHES` batches behind writes without pausing until it has caught up.
+* ``process`` encodes the record for the store (``store.encode``: Python work, no I/O), appends
+  it to a ``collections.deque`` and returns: no lock, no I/O. Encoding here puts that work where
+  the record is processed (an event loop's slices, the pipeline's worker), not on the writer
+  thread, where it competed with the loop for the interpreter for as long as a batch took to
+  write. The deque is drained by one daemon thread that writes ``batch_size`` records per
+  ``store.write`` and wakes when a batch is full or ``flush_interval`` has passed. Batches are
+  256 records (64 were measured to cut SQLite ingest from ~65 k to ~42 k records/s); the store
+  sends a batch in paced requests (:mod:`otel_llm_usage._pacing`), so a host thread does not wait
+  for the GIL while a batch is packed (one Redis ``ZADD`` of 256 records held it ~4.5 ms). A writer
+  more than :data:`_CATCH_UP_BATCHES` batches behind writes without pausing until it has caught up.
 * A failing ``append`` keeps its batch, counts ``failures``, logs once via ``internal_error``
   and retries with exponential backoff (``retry_initial`` doubling up to ``retry_max``)
   until the store is back; stores ignore a record id they already have, so a retried batch
@@ -58,6 +61,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .._blocking import WouldBlock, may_wait
 from .._fork import reset_after_fork
@@ -103,7 +107,7 @@ class _State:
         self.max_buffer = max(1, max_buffer)
         self.retry_initial = retry_initial
         self.retry_max = retry_max
-        self.incoming: deque[UsageRecord | _Marker] = deque()
+        self.incoming: deque[Any] = deque()  # records as the store encoded them, and markers
         self.wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.drop_lock = threading.Lock()
         self.written = 0
@@ -113,7 +117,7 @@ class _State:
         self.abandon = False
         self.restart = False  # set in a forked child: start a thread at the next process()
         # Writer-thread-only state below: the thread is the sole reader and writer.
-        self.buffer: deque[UsageRecord] = deque()
+        self.buffer: deque[Any] = deque()
         self.markers: deque[_Marker] = deque()
         self.drained = 0  # records moved from incoming to buffer, ever
         self.done = 0  # of those, written or dropped (they leave the buffer in order)
@@ -257,7 +261,7 @@ class _State:
         """Write the oldest batch, the store pacing itself with ``pace``; ``False`` (batch kept) if it failed."""
         batch = list(itertools.islice(self.buffer, self.batch_size))
         try:
-            self.store.append(batch, pace=pace)
+            self.store.write(batch, pace=pace)
         except Exception as exc:  # the store is I/O; keep the batch and retry
             self.failures += 1
             internal_error(f"ledger.write:{type(self.store).__name__}", exc)
@@ -318,6 +322,7 @@ class LedgerWriter:
         self._state = state = _State(store, batch_size, flush_interval, max_buffer, retry_initial, retry_max,
                                      on_dropped)
         # Bound once: process() is the hot path.
+        self._encode = store.encode
         self._append = state.incoming.append
         self._incoming = state.incoming
         self._batch_size = state.batch_size
@@ -353,7 +358,7 @@ class LedgerWriter:
             return
         if self._state.restart:  # first record in a forked child
             self._state.restart_once()
-        self._append(record)
+        self._append(self._encode(record))
         n = len(self._incoming)
         if n == self._batch_size:
             self._state.wake()
