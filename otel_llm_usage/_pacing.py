@@ -29,6 +29,7 @@ callers would do it otherwise).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 __all__ = ["PAUSE_S", "SLICE_S", "Pacer"]
 
@@ -40,23 +41,30 @@ PAUSE_S = 0.0001
 
 
 class Pacer:
-    """Times one background thread's slice; not shared between threads."""
+    """Times one thread's slice; not shared between threads.
 
-    __slots__ = ("_since",)
+    ``clock`` is what a slice is measured in. A background thread passes ``time.thread_time``: its
+    own CPU time is what it held the interpreter for, while its wall time also counts its waits for
+    the GIL, and beside a busy event loop a wall-clock slice ran out in those waits, so the thread
+    paused (and took the GIL back once more) after almost no work. An event loop's slice stays in
+    wall time (the default): that is how long the loop's other callbacks wait."""
 
-    def __init__(self) -> None:
-        self._since = time.perf_counter()
+    __slots__ = ("_clock", "_since")
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._since = clock()
 
     def restart(self) -> None:
         """Start a new slice, e.g. after the thread has waited for work (the wait released the GIL)."""
-        self._since = time.perf_counter()
+        self._since = self._clock()
 
     def due(self) -> bool:
-        return time.perf_counter() - self._since >= SLICE_S
+        return self._clock() - self._since >= SLICE_S
 
     def pause(self) -> None:
         time.sleep(PAUSE_S)
-        self._since = time.perf_counter()
+        self._since = self._clock()
 
     def pace(self) -> None:
         if self.due():

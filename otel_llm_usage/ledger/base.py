@@ -171,6 +171,17 @@ class RecordStore(Protocol):
     #: Writes wait on a file or the network: they get a writer thread of their own (``LedgerWriter``).
     writes_block: bool
 
+    @property
+    def location(self) -> str:
+        """Where the records go, for log lines: a path or a key, never a credential."""
+        ...
+
+    @property
+    def unwritable(self) -> str | None:
+        """Why the store cannot be written for now (a read-only file), else ``None``: the writer then
+        stops waiting for it at exit instead of waiting out ``close_timeout``."""
+        ...
+
     def encode(self, record: UsageRecord) -> Any:
         """``record`` in the form :meth:`write` takes: Python work, no I/O. ``LedgerWriter`` encodes
         where the record is processed (an event loop's slices, the pipeline's worker), so that its

@@ -40,6 +40,8 @@ def _storable(rec: UsageRecord) -> UsageRecord:
 class MemoryRecordStore:
     """Thread-safe; ``query`` returns records in the order they were appended."""
     writes_block = False
+    location = "memory"
+    unwritable = None
 
     def __init__(self, maxlen: int = 100_000) -> None:
         self._records: deque[UsageRecord] = deque(maxlen=maxlen)

@@ -53,6 +53,7 @@ are plain SHA1s and stay valid. ``tests/e2e/test_scale_out.py`` checks it with a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -262,27 +263,59 @@ class RedisRecordStore:
     """:class:`~otel_llm_usage.ledger.base.RecordStore` on a Redis sorted set scored by timestamp."""
 
     writes_block = True
+    unwritable = None  # a failing Redis is an outage: the writer waits it out
     _PAGE = 1000
-    _MEMBERS_PER_ZADD = 64
+    _MEMBERS_PER_ZADD = 1024  # a batch of 256 is one ZADD (~170 KB at ~660 bytes a record)
 
     def __init__(self, url: str = "redis://localhost:6379/0", *, prefix: str | None = None,
                  socket_timeout: float = 5.0, client: redis_lib.Redis | None = None) -> None:
         self._redis, prefix = _connect(url, socket_timeout, prefix, client)
         self._key = f"{prefix}records"
+        key = self._key.encode()
+        self._key_bulk = b"$%d\r\n%b\r\n" % (len(key), key)
+        self._cluster = not isinstance(self._redis, _import_redis().Redis)
 
-    def encode(self, record: UsageRecord) -> tuple[str, float]:
-        return to_mapping(record), record.timestamp
+    @property
+    def location(self) -> str:
+        return f"redis key {self._key}"
+
+    def encode(self, record: UsageRecord) -> bytes:
+        """The record as the two RESP bulk strings of a ``ZADD`` pair (score, member), packed where the
+        record is processed: the writer thread then only joins and sends (see :meth:`write`)."""
+        member = to_mapping(record).encode()
+        score = repr(record.timestamp).encode()  # the form redis-py sends a float in
+        return b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(score), score, len(member), member)
 
     def append(self, records: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
-        self.write([(to_mapping(r), r.timestamp) for r in records], pace=pace)
+        self.write([self.encode(r) for r in records], pace=pace)
 
-    def write(self, encoded: Sequence[tuple[str, float]], *, pace: Callable[[], None] = no_pause) -> None:
-        # Encoding (~15 us of Python per record) is done by then; a ZADD's packing and reply are
-        # ~400 us of Python per 64 members (one ZADD of 256 held the GIL ~4.5 ms). Sent in slices, the
-        # writer hands the interpreter back within one; a retried batch re-adds the same members.
+    def write(self, encoded: Sequence[bytes], *, pace: Callable[[], None] = no_pause) -> None:
+        # Through redis-py's ``zadd`` a batch cost the writer thread ~6 us of Python per member
+        # (packing, retry and metrics wrappers), time a host's event loop waited for the interpreter.
+        # Packed by encode(), a ZADD here is one join, one send and one integer reply; a retried
+        # batch re-adds the same members.
         for i in range(0, len(encoded), self._MEMBERS_PER_ZADD):
-            self._redis.zadd(self._key, dict(encoded[i:i + self._MEMBERS_PER_ZADD]))
+            part = encoded[i:i + self._MEMBERS_PER_ZADD]
+            self._send(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (2 + 2 * len(part), self._key_bulk, b"".join(part)))
             pace()
+
+    def _send(self, command: bytes) -> None:
+        client: Any = self._redis
+        if self._cluster:
+            client = client.get_node_from_key(self._key).redis_connection
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([command])
+            conn.read_response()  # raises a ResponseError reply; disconnects on a broken connection
+        except Exception:
+            if self._cluster:
+                # MOVED after a reshard, a failed node: the writer retries the batch on a fresh slot map.
+                with contextlib.suppress(Exception):
+                    self._redis.nodes_manager.initialize()  # type: ignore[attr-defined]
+            raise
+        finally:
+            pool.release(conn)
 
     def _scan(self, since: float | None, until: float | None) -> Any:
         """Members in time order, one page per round trip (a report never loads the whole set at once)."""
