@@ -24,9 +24,12 @@ worker's next pause, and the wake-up after it is the operating system's to give)
 the loop is the loop's own time, spent when the loop gets to it. The slices run under
 :func:`~otel_llm_usage._blocking.no_waiting`: a stage that would have to wait for a store, or
 run the host's callbacks, raises ``WouldBlock`` before doing anything, and the record goes on
-from that stage on the worker (every record after it too, so the order holds). The worker
-stays the fallback: it drains what a loop left behind when no slice ran for ``idle_wait``
-(a loop closed with a slice scheduled, or held by the host).
+from that stage on the worker (every record after it too, so the order holds). One slice a
+loop turn does not keep up with a busy loop, whose turns are long: past :data:`_LOOP_BACKLOG`
+queued records each call submitted on the loop processes two (its own share and one more)
+where it submits them, the same way. The worker stays the fallback: it drains what a loop left
+behind when no slice ran for ``idle_wait`` (a loop closed with a slice scheduled, or held by
+the host).
 
 Budgets also get a say *before* a call (:meth:`Pipeline.before_call`): they
 may raise :class:`~otel_llm_usage.errors.BudgetExceeded` or return a cheaper
@@ -93,6 +96,7 @@ class PreCallStage(Protocol):
 _BATCH_DELAY_S = 0.01
 _MAX_PENDING = 1000
 _SHARE = 2  # records a producer processes itself past _MAX_PENDING
+_LOOP_BACKLOG = 64  # records queued on a loop past which each call processes its own where it submits it
 _LOCKED_RETRY_S = 0.001  # a loop's slice finding the queue locked by a drain elsewhere tries again after this
 _CATCH_UP = 256  # past this many queued records the worker stops pausing (see _pacing)
 
@@ -136,7 +140,14 @@ class _Deferred:
         self.pending.append(record)
         loop = _get_running_loop()
         if loop is not None and not self.resumed and len(self.pending) <= _MAX_PENDING:
-            self.schedule(loop)
+            if len(self.pending) > _LOOP_BACKLOG:
+                # One slice a turn does not keep up with a busy loop (100 tasks whose steps each cost
+                # the SDK's work left 1 000 records queued): this call does its share here, on the loop.
+                self.run_on_loop(_SHARE)
+            if self.resumed:
+                self.wake.set()
+            elif self.pending:
+                self.schedule(loop)
             if self.thread is None:
                 self.start()  # the fallback for what a loop leaves behind
             return
@@ -170,18 +181,30 @@ class _Deferred:
         if self.resumed:
             self.wake.set()  # a record waits for the worker: the rest queue behind it
             return
-        if not self.lock.acquire(blocking=False):
+        if not self.run_on_loop():
             # The worker or a reader is draining and takes these along (or a budget callback of the
             # host holds it). Look again shortly rather than wait for the lock on the loop, or spin.
             self.loops.add(loop)
             loop.call_later(_LOCKED_RETRY_S, self.loop_slice, loop, context=contextvars.Context())
             return
+        if self.resumed:
+            self.wake.set()
+        elif self.pending:
+            self.schedule(loop)
+
+    def run_on_loop(self, limit: int = -1) -> bool:
+        """Process queued records here, an event loop's thread, for one slice or ``limit`` records, under
+        ``no_waiting``; a record whose stage would wait goes to ``resumed``. ``False`` if the queue was
+        locked (a drain elsewhere takes the records along): the loop does not wait for it."""
+        if not self.lock.acquire(blocking=False):
+            return False
         try:
             pending = self.pending
             pacer = Pacer()
             with no_waiting():
-                while pending:
+                while pending and limit != 0:
                     record = pending.popleft()
+                    limit -= 1
                     stage = _run_stages(self.stages, record)
                     if stage is not None:
                         self.resumed.append((record, stage))
@@ -190,10 +213,7 @@ class _Deferred:
                         break
         finally:
             self.lock.release()
-        if self.resumed:
-            self.wake.set()
-        elif self.pending:
-            self.schedule(loop)
+        return True
 
     def start(self) -> None:
         with self.lock:
@@ -203,7 +223,7 @@ class _Deferred:
 
     def run(self) -> None:
         stopped = self.stopped
-        pacer = Pacer()
+        pacer = Pacer(time.thread_time)
         while not stopped.is_set():
             slices = self.loop_slices
             if self.wake.wait(self.idle_wait):

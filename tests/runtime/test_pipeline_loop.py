@@ -93,6 +93,51 @@ def test_a_slice_ends_after_its_time_and_lets_the_loops_other_callbacks_run() ->
         pipeline.shutdown()
 
 
+def test_a_busy_loops_records_do_not_pile_up() -> None:
+    """One slice a loop turn keeps up with a quiet loop only. Beside 100 tasks whose every step costs
+    the SDK's work, 1 000 records were left queued (a metric scrape or the worker then processed
+    them in one go, ~100 ms beside the loop); past a short backlog each call processes its own record
+    where it submits it, on the loop, under ``no_waiting``."""
+    stage = Seen(cost_s=0.0001)
+    pipeline = Pipeline(deferred=[stage], idle_wait=30.0)
+    tasks, rounds = 100, 8
+    seen_pending: list[int] = []
+    submitted: list[str] = []
+    try:
+        async def call(n: int) -> None:
+            for r in range(rounds):
+                end = time.perf_counter() + 0.0002  # the SDK's own work in this step
+                while time.perf_counter() < end:
+                    pass
+                submitted.append(f"m{r * tasks + n}")
+                pipeline.submit(record(r * tasks + n))
+                seen_pending.append(pipeline.pending)
+                await asyncio.sleep(0)
+
+        async def main() -> str:
+            await asyncio.gather(*(call(n) for n in range(tasks)))
+            for _ in range(1000):
+                if pipeline.pending == 0:
+                    break
+                await asyncio.sleep(0)
+            return threading.current_thread().name
+
+        loop_thread = asyncio.run(main())
+        assert max(seen_pending) <= 2 * pipeline_backlog(), f"{max(seen_pending)} records were left queued"
+        assert stage.models() == submitted  # each once, in order
+        assert len(submitted) == tasks * rounds
+        assert {(t, w) for _, t, w, _ in stage.seen} == {(loop_thread, False)}
+        assert pipeline.pending == 0
+    finally:
+        pipeline.shutdown()
+
+
+def pipeline_backlog() -> int:
+    from otel_llm_usage.runtime import pipeline as pipeline_module
+
+    return pipeline_module._LOOP_BACKLOG
+
+
 def test_a_stage_that_would_wait_hands_the_record_to_the_worker_from_that_stage_on() -> None:
     first, second, third = Seen(), Seen(blocks_on={"m3"}), Seen()
     pipeline = Pipeline(deferred=[first, second, third], idle_wait=30.0)
