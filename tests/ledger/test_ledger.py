@@ -643,26 +643,33 @@ def test_a_batch_is_written_in_paced_requests(backend: str, tmp_path: Path, requ
         store.close()
 
 
+class WriteLog(MemoryRecordStore):
+    """Notes each write's size and whether the writer paced it, after ``delay_s`` (a round trip)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.writes: list[tuple[int, bool]] = []
+
+    def write(self, encoded: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
+        self.writes.append((len(encoded), pace is not no_pause))
+        time.sleep(self.delay_s)
+        super().write(encoded)
+
+
 def test_the_writer_waits_for_a_batch_or_the_interval_not_each_trickle() -> None:
     """Every write costs the host's threads a few interpreter hand-overs whatever its size. A writer
     that, after each write, sent whatever had arrived meanwhile (beside a busy event loop: 19 writes
     a second of ~50 records each) multiplied them. A busy writer waits for a full batch too, or for
     ``flush_interval``; a ``flush`` waits for neither."""
-    sizes: list[int] = []
-
-    class Slow(MemoryRecordStore):
-        def write(self, encoded: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
-            sizes.append(len(encoded))
-            time.sleep(0.05)  # a round trip, while records keep coming
-            super().write(encoded)
-
-    store = Slow()
+    store = WriteLog(delay_s=0.05)  # a round trip, while records keep coming
     w = LedgerWriter(store, batch_size=40, flush_interval=30.0)
     try:
         for i in range(130):
             w.process(make_record(i))
             time.sleep(0.004)
         assert w.flush(10)
+        sizes = [n for n, _ in store.writes]
         assert sum(sizes) == 130 and len(store.records()) == 130
         assert sizes[:-1] == [40] * (len(sizes) - 1), sizes  # only the flush sent a partial batch
     finally:
@@ -671,30 +678,22 @@ def test_the_writer_waits_for_a_batch_or_the_interval_not_each_trickle() -> None
 
 def test_the_writer_paces_a_batch_unless_it_is_behind() -> None:
     """A writer more than a few batches behind writes flat out (the queue is the host's memory)."""
-    seen: list[bool] = []
-
-    class Recording(MemoryRecordStore):
-        def write(self, encoded: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
-            seen.append(pace is not no_pause)
-            super().write(encoded)
-
-    store = Recording()
+    store = WriteLog()
     w = LedgerWriter(store, batch_size=10, flush_interval=60.0)
     try:
         for i in range(5):
             w.process(make_record(i))
         assert w.flush(timeout=5)
-        assert seen == [True]
+        assert [paced for _, paced in store.writes] == [True]
         held = threading.Event()
         release = threading.Event()
 
-        class Slow(Recording):
+        class Slow(WriteLog):
             def write(self, encoded: Sequence[UsageRecord], *, pace: Callable[[], None] = no_pause) -> None:
                 held.set()
                 release.wait(10)
                 super().write(encoded, pace=pace)
 
-        seen.clear()
         slow = Slow()
         w2 = LedgerWriter(slow, batch_size=10, flush_interval=60.0)
         try:
@@ -705,6 +704,7 @@ def test_the_writer_paces_a_batch_unless_it_is_behind() -> None:
                 w2.process(make_record(i))
             release.set()
             assert w2.flush(timeout=5)
+            seen = [paced for _, paced in slow.writes]
             assert seen[0] is True and seen[1] is False
             assert seen[-1] is True  # caught up: paced again
             assert len(slow.records()) == 70
