@@ -171,3 +171,63 @@ def test_an_unreachable_cluster_opens_and_degrades_instead_of_raising() -> None:
     finally:
         records.close()
         counters.close()
+
+
+def _move_slot(nodes: list[redis_lib.Redis], key: str) -> tuple[redis_lib.Redis, redis_lib.Redis]:
+    """Reshard the slot of ``key`` (with the key) from its node to another, as ``redis-cli --cluster
+    reshard`` does; returns (old owner, new owner)."""
+    slot = int(nodes[0].execute_command("CLUSTER KEYSLOT", key))
+    src = next(n for n in nodes if any(low <= slot <= high for low, high in _own_ranges(n)))
+    dst = next(n for n in nodes if n is not src)
+    src_id, dst_id = (n.execute_command("CLUSTER MYID") for n in (src, dst))
+    dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    port = dst.connection_pool.connection_kwargs["port"]
+    src.execute_command("MIGRATE", "127.0.0.1", port, key, 0, 5000)
+    for n in nodes:
+        n.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+    return src, dst
+
+
+def _own_ranges(node: redis_lib.Redis) -> list[tuple[int, int]]:
+    me = node.execute_command("CLUSTER MYID")
+    entry = next(e for e in node.execute_command("CLUSTER NODES").values() if e["node_id"] == me)
+    return [(int(r[0]), int(r[-1])) for r in entry["slots"]]
+
+
+def test_records_written_across_a_reshard_are_kept_once(redis_cluster_url: str) -> None:
+    """The writer sends a batch to the node its slot map names; after the records key's slot moves
+    that node answers MOVED: the store refreshes the map and fails the try, the writer retries on
+    the new owner. Nothing lost, nothing stored twice."""
+    from otel_llm_usage.ledger import LedgerWriter
+
+    hosts = redis_cluster_url.split("://", 1)[1].split("/", 1)[0].split(",")
+    nodes = [redis_lib.Redis(host="127.0.0.1", port=int(h.rsplit(":", 1)[1]), decode_responses=True)
+             for h in hosts]
+    store = RedisRecordStore(redis_cluster_url, prefix="reshard:")
+    writer = LedgerWriter(store, batch_size=10, retry_initial=0.05, retry_max=0.05)
+    src = dst = None
+    try:
+        for i in range(10):
+            writer.process(make_record(i))
+        assert writer.flush(10) and writer.failures == 0
+        src, dst = _move_slot(nodes, "reshard:records")
+        for i in range(10, 20):
+            writer.process(make_record(i))
+        assert writer.flush(10)
+        assert writer.failures == 1  # MOVED once, then the fresh map
+        got = store.query(RecordQuery())
+        assert sorted(r.timestamp - 1_700_000_000.0 for r in got) == list(range(20))
+        assert int(dst.execute_command("CLUSTER COUNTKEYSINSLOT",
+                                       int(dst.execute_command("CLUSTER KEYSLOT", "reshard:records")))) == 1
+    finally:
+        writer.close()
+        store.close()
+        if src is not None and dst is not None:  # give the slot back: other tests expect the first layout
+            dst.delete("reshard:records")
+            slot = int(dst.execute_command("CLUSTER KEYSLOT", "reshard:records"))
+            src_id = src.execute_command("CLUSTER MYID")
+            for n in nodes:
+                n.execute_command("CLUSTER SETSLOT", slot, "NODE", src_id)
+        for n in nodes:
+            n.close()
