@@ -142,8 +142,9 @@ class _Deferred:
         if loop is not None and not self.resumed and len(self.pending) <= _MAX_PENDING:
             if len(self.pending) > _LOOP_BACKLOG:
                 # One slice a turn does not keep up with a busy loop (100 tasks whose steps each cost
-                # the SDK's work left 1 000 records queued): this call does its share here, on the loop.
-                self.run_on_loop(_SHARE)
+                # the SDK's work left 1 000 records queued): this call does its share here, on the loop,
+                # outside its own context as a slice is (the records are not this call's).
+                contextvars.Context().run(self.run_on_loop, _SHARE)
             if self.resumed:
                 self.wake.set()
             elif self.pending:

@@ -105,6 +105,7 @@ def test_a_busy_loops_records_do_not_pile_up() -> None:
     submitted: list[str] = []
     try:
         async def call(n: int) -> None:
+            CALLER.set(f"task {n}")
             for r in range(rounds):
                 end = time.perf_counter() + 0.0002  # the SDK's own work in this step
                 while time.perf_counter() < end:
@@ -126,7 +127,8 @@ def test_a_busy_loops_records_do_not_pile_up() -> None:
         assert max(seen_pending) <= 2 * pipeline_backlog(), f"{max(seen_pending)} records were left queued"
         assert stage.models() == submitted  # each once, in order
         assert len(submitted) == tasks * rounds
-        assert {(t, w) for _, t, w, _ in stage.seen} == {(loop_thread, False)}
+        # On the loop, where waiting is not allowed, and in no caller's context (a slice's or a call's).
+        assert {(t, w, c) for _, t, w, c in stage.seen} == {(loop_thread, False, "none")}
         assert pipeline.pending == 0
     finally:
         pipeline.shutdown()
