@@ -88,11 +88,15 @@ def _connect(url: str, socket_timeout: float, prefix: str | None,
         client, url_prefix = _client(url, socket_timeout)
         prefix = prefix if prefix is not None else url_prefix
     prefix = prefix if prefix is not None else DEFAULT_PREFIX
-    if ("{" in prefix or "}" in prefix) and not isinstance(client, _import_redis().Redis):
+    if ("{" in prefix or "}" in prefix) and _is_cluster(client):
         # A key's slot is that of its first {...}: a brace in the prefix would put every key of every
         # budget in one slot, or split one budget instance's keys over several and break its scripts.
         raise ConfigError(f"a Redis Cluster key prefix cannot contain {{ or }}, not {prefix!r}")
     return client, prefix
+
+
+def _is_cluster(client: Any) -> bool:
+    return not isinstance(client, _import_redis().Redis)  # a RedisCluster, or the lazy one below
 
 
 def _client(url: str, socket_timeout: float) -> tuple[redis_lib.Redis, str | None]:
@@ -273,7 +277,7 @@ class RedisRecordStore:
         self._key = f"{prefix}records"
         key = self._key.encode()
         self._key_bulk = b"$%d\r\n%b\r\n" % (len(key), key)
-        self._cluster = not isinstance(self._redis, _import_redis().Redis)
+        self._cluster = _is_cluster(self._redis)
 
     @property
     def location(self) -> str:

@@ -95,8 +95,8 @@ class PreCallStage(Protocol):
 
 _BATCH_DELAY_S = 0.01
 _MAX_PENDING = 1000
-_SHARE = 2  # records a producer processes itself past _MAX_PENDING
-_LOOP_BACKLOG = 64  # records queued on a loop past which each call processes its own where it submits it
+_SHARE = 2  # records a producer processes itself past _MAX_PENDING (on a loop: past _LOOP_BACKLOG)
+_LOOP_BACKLOG = 64  # records queued on a loop past which each call processes _SHARE where it submits it
 _LOCKED_RETRY_S = 0.001  # a loop's slice finding the queue locked by a drain elsewhere tries again after this
 _CATCH_UP = 256  # past this many queued records the worker stops pausing (see _pacing)
 
@@ -145,10 +145,7 @@ class _Deferred:
                 # the SDK's work left 1 000 records queued): this call does its share here, on the loop,
                 # outside its own context as a slice is (the records are not this call's).
                 contextvars.Context().run(self.run_on_loop, _SHARE)
-            if self.resumed:
-                self.wake.set()
-            elif self.pending:
-                self.schedule(loop)
+            self.carry_on(loop)
             if self.thread is None:
                 self.start()  # the fallback for what a loop leaves behind
             return
@@ -188,6 +185,11 @@ class _Deferred:
             self.loops.add(loop)
             loop.call_later(_LOCKED_RETRY_S, self.loop_slice, loop, context=contextvars.Context())
             return
+        self.carry_on(loop)
+
+    def carry_on(self, loop: AbstractEventLoop) -> None:
+        """After work on ``loop``: a record that would wait goes to the worker (the rest queue behind
+        it), else what is left gets the loop's next slice."""
         if self.resumed:
             self.wake.set()
         elif self.pending:
