@@ -26,7 +26,10 @@ Background work, on one thread (``otel-llm-usage-leases``), every ``flush_interv
   ended goes idle and is returned the same way.
 
 Only a call that its lease cannot cover waits for the store: it hands back the free
-part and asks for at least its own reservation in one step. Where waiting is not
+part and asks for at least its own reservation in one step. A process has one lease request
+per budget instance with the store at a time, the background thread's included: a grant on
+its way is counted in the store's in-flight total, and a call that asked beside it would
+take this process's own lease for other processes' and be refused below the limit. Where waiting is not
 allowed (an event loop, see :mod:`otel_llm_usage._blocking`) that raises
 :class:`~otel_llm_usage._blocking.WouldBlock` and the caller retries on a thread.
 
@@ -330,45 +333,70 @@ class LeasedCounterStore:
                 self.stats.flushes += 1
 
     def _resize(self, key: str, now: float, final: bool) -> None:
-        with self._lock:
-            lease = self._leases.get(key)
-            if lease is None:
-                return
-            if lease.granted != ZERO and now >= lease.valid_until:
-                self._lose(lease)
-            due = final or now >= lease.renew_at
-            if not (due or lease.refill or lease.lost):
-                return
-            keep = lease.busy and not final
-            release = floor0(lease.free()) if due else ZERO
-            # A lease still held (calls in flight use it) is renewed even with nothing to hand back:
-            # the store takes it from a holder it has not heard from.
-            if release == ZERO and not keep and not lease.refill and not lease.lost and \
-                    (lease.granted == ZERO or not due):
-                if due:
-                    lease.renew_at = now + self.ttl_s
-                    if lease.idle():
-                        del self._leases[key]
-                return
-            lease.granted -= release
-            release = self._sent_release(lease, release)
-            lease.refill = False
-            if due:
-                lease.busy = False
-                lease.renew_at = now + self.ttl_s
-            args = (lease.used_keys, key, release, lease.limit, lease.ttl_s)
-            share = self.share if (keep or not due) else 0.0
-        used_keys, _, release, limit, ttl_s = args
-        if limit == Limit():  # nothing limited: only usage to write, nothing to lease
-            return
+        while True:
+            with self._lock:
+                lease = self._leases.get(key)
+                if lease is None:
+                    return
+                flight = lease.flight
+                if flight is None:
+                    request = self._resize_request(key, lease, now, final)
+                    if request is None:
+                        return
+                    # Until its answer is in, a call that misses waits for it rather than asking beside
+                    # it: the store counts this grant in flight, and the call would take it for others'.
+                    flight = lease.flight = threading.Event()
+                    used_keys, limit, ttl_s = lease.used_keys, lease.limit, lease.ttl_s
+                    break
+            # A call is asking the store for this lease: what to hand back or top up depends on its answer.
+            flight.wait(self._FOLLOWER_WAIT_S)
+        release, share = request
         sent_at = self._clock()
-        granted, used, inflight = self.store.lease(used_keys, key, ZERO, release, share, limit, ttl_s, self.holder)
+        try:
+            granted, used, inflight = self.store.lease(used_keys, key, ZERO, release, share, limit, ttl_s,
+                                                       self.holder)
+        except BaseException:
+            with self._lock:
+                lease.flight = None
+            flight.set()
+            raise
         with self._lock:
+            lease.flight = None
+            flight.set()
             self._seen(lease, used, inflight, granted, sent_at)
             if release != ZERO:
                 self.stats.returns += 1
             if final and lease.idle():
                 self._leases.pop(key, None)
+
+    def _resize_request(self, key: str, lease: Lease, now: float, final: bool) -> tuple[Amount, float] | None:
+        """What to hand back and what share to ask for, the lease updated as if it were sent; ``None``
+        when there is nothing to ask the store. The caller holds ``_lock``."""
+        if lease.granted != ZERO and now >= lease.valid_until:
+            self._lose(lease)
+        due = final or now >= lease.renew_at
+        if not (due or lease.refill or lease.lost):
+            return None
+        keep = lease.busy and not final
+        release = floor0(lease.free()) if due else ZERO
+        # A lease still held (calls in flight use it) is renewed even with nothing to hand back:
+        # the store takes it from a holder it has not heard from.
+        if release == ZERO and not keep and not lease.refill and not lease.lost and \
+                (lease.granted == ZERO or not due):
+            if due:
+                lease.renew_at = now + self.ttl_s
+                if lease.idle():
+                    del self._leases[key]
+            return None
+        lease.granted -= release
+        release = self._sent_release(lease, release)
+        lease.refill = False
+        if due:
+            lease.busy = False
+            lease.renew_at = now + self.ttl_s
+        if lease.limit == Limit():  # nothing limited: only usage to write, nothing to lease
+            return None
+        return release, (self.share if (keep or not due) else 0.0)
 
     # --- lifecycle ------------------------------------------------------------------------------
 

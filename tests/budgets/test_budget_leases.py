@@ -197,6 +197,50 @@ def test_refusal_at_the_limit_is_the_stores_and_the_overshoot_stays_under_one_re
     assert 0 <= used.tokens - limit.tokens < RES.tokens
 
 
+class _SlowRefillAnswers(FailOpenCounterStore):
+    """The lease thread's refill is applied on the store at once, but its answer reaches the lease only
+    after the calling thread has asked the store ``overtake`` times more (or after 0.5 s): a thread
+    descheduled under load between the store's reply and taking it in."""
+
+    def __init__(self, primary: CounterStore, overtake: int) -> None:
+        super().__init__(primary, probe_interval=0.2)
+        self.overtake, self.asked, self.refilled = overtake, 0, threading.Event()
+        self._changed = threading.Condition()
+
+    def lease(self, used_keys, inflight_key, need, release, share, limit, ttl_s, holder=None):  # type: ignore[no-untyped-def]
+        answer = super().lease(used_keys, inflight_key, need, release, share, limit, ttl_s, holder)
+        with self._changed:
+            if threading.current_thread().name != "otel-llm-usage-leases":
+                self.asked += 1
+                self._changed.notify_all()
+            elif need == Amount() and answer[0] != Amount() and not self.refilled.is_set():
+                self.refilled.set()
+                target = self.asked + self.overtake
+                self._changed.wait_for(lambda: self.asked >= target, timeout=0.5)
+        return answer
+
+
+def test_a_refill_in_flight_is_not_taken_for_another_processs_spend(shared: Shared) -> None:
+    """The refill the lease thread asked for is this process's own. A call that asked the store while
+    the refill's answer was on its way saw the refill in the store's in-flight total as somebody
+    else's lease, and the budget was refused with 800 of its 1 050 tokens spent."""
+    limit = Limit(tokens=1_050)
+    store = _SlowRefillAnswers(shared.make(), overtake=3)
+    leased = LeasedCounterStore(store, share=0.5, flush_interval=3600)
+    admitted = 0
+    try:
+        while leased.try_reserve(USED, INFLIGHT, RES, limit, TTL)[0]:
+            leased.settle(USED[0], INFLIGHT, RES, RES, TTL)
+            admitted += 1
+            if admitted == 3:  # 225 of the 525 granted are free, under half: the refill is asked for
+                assert store.refilled.wait(5)
+            assert admitted < 100
+    finally:
+        leased.close()
+    assert admitted == 11, leased.stats  # the 11th starts at 1 000 tokens, below the limit
+    assert shared.totals() == (Amount(0, 1_100), Amount())
+
+
 def test_a_process_of_several_threads_spends_exactly_what_it_settles(shared: Shared) -> None:
     leased = shared.leased(share=0.05, flush_interval=0.02)
     limit = Limit(tokens=20_000)
