@@ -12,6 +12,10 @@
 Code that would have to wait for a shared store checks :func:`may_wait` and raises
 :class:`WouldBlock` instead, after undoing what it did so far, so the caller can run
 the same work again on a thread.
+
+A host thread that may wait still waits only briefly for a contended store (a SQLite file
+another process holds), except inside :func:`waiting_for_admission`: a budget admission the
+call cannot go on without waits as long as the plugin's own threads do.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 
-__all__ = ["WouldBlock", "may_wait", "no_waiting"]
+__all__ = ["WouldBlock", "admission_waits", "may_wait", "no_waiting", "waiting_for_admission"]
 
 _no_waiting: ContextVar[bool] = ContextVar("otel_llm_usage_no_waiting", default=False)
+_admission: ContextVar[bool] = ContextVar("otel_llm_usage_admission", default=False)
 
 
 class WouldBlock(Exception):
@@ -40,3 +45,17 @@ def no_waiting() -> Iterator[None]:
         yield
     finally:
         _no_waiting.reset(token)
+
+
+def admission_waits() -> bool:
+    """True inside :func:`waiting_for_admission`: wait for a contended store as our threads do."""
+    return _admission.get()
+
+
+@contextlib.contextmanager
+def waiting_for_admission() -> Iterator[None]:
+    token = _admission.set(True)
+    try:
+        yield
+    finally:
+        _admission.reset(token)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from .._blocking import admission_waits
 from .._fork import reset_after_fork
 from ..errors import ConfigError
 from ._records import COLUMNS
@@ -94,7 +95,8 @@ class SqliteDatabase:
         # How long a host thread (any thread not named otel-llm-usage-*) may wait for the file;
         # None: as long as ours. Past it the operation raises "database is locked" and the
         # fail-open counter store answers locally: a lock held by another process for 10 s must
-        # not hold the app's call for 10 s. Our own threads (ledger writer, budget refresh) wait.
+        # not hold the app's call for 10 s. Our own threads (ledger writer, budget refresh) wait, and
+        # so does a budget admission the call cannot go on without (see FailOpenCounterStore).
         self.caller_wait = caller_wait
         self.clock = clock
         self.unwritable: str | None = None  # why writes fail for good (permissions, read-only file system)
@@ -116,7 +118,8 @@ class SqliteDatabase:
 
     def _wait(self) -> float:
         """The longest this thread may wait for the process lock and for SQLite's busy handler."""
-        if self.caller_wait is None or threading.current_thread().name.startswith(_OUR_THREADS):
+        if self.caller_wait is None or threading.current_thread().name.startswith(_OUR_THREADS) or \
+                admission_waits():
             return self.busy_timeout
         return self.caller_wait
 
