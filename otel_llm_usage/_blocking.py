@@ -20,14 +20,14 @@ call cannot go on without waits as long as the plugin's own threads do.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from contextvars import ContextVar
+from contextlib import AbstractContextManager
+
+from ._context_flag import ContextFlag
 
 __all__ = ["WouldBlock", "admission_waits", "may_wait", "no_waiting", "waiting_for_admission"]
 
-_no_waiting: ContextVar[bool] = ContextVar("otel_llm_usage_no_waiting", default=False)
-_admission: ContextVar[bool] = ContextVar("otel_llm_usage_admission", default=False)
+_no_waiting = ContextFlag("otel_llm_usage_no_waiting")
+_admission = ContextFlag("otel_llm_usage_admission")
 
 
 class WouldBlock(Exception):
@@ -35,27 +35,17 @@ class WouldBlock(Exception):
 
 
 def may_wait() -> bool:
-    return not _no_waiting.get()
+    return not _no_waiting.is_set()
 
 
-@contextlib.contextmanager
-def no_waiting() -> Iterator[None]:
-    token = _no_waiting.set(True)
-    try:
-        yield
-    finally:
-        _no_waiting.reset(token)
+def no_waiting() -> AbstractContextManager[None]:
+    return _no_waiting.on()
 
 
 def admission_waits() -> bool:
     """True inside :func:`waiting_for_admission`: wait for a contended store as our threads do."""
-    return _admission.get()
+    return _admission.is_set()
 
 
-@contextlib.contextmanager
-def waiting_for_admission() -> Iterator[None]:
-    token = _admission.set(True)
-    try:
-        yield
-    finally:
-        _admission.reset(token)
+def waiting_for_admission() -> AbstractContextManager[None]:
+    return _admission.on()

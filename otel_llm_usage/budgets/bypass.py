@@ -3,24 +3,19 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from contextvars import ContextVar
+from contextlib import AbstractContextManager
+
+from .._context_flag import ContextFlag
 
 __all__ = ["budget_bypass", "bypassed"]
 
-_bypass: ContextVar[bool] = ContextVar("otel_llm_usage_budget_bypass", default=False)
+_bypass = ContextFlag("otel_llm_usage_budget_bypass")
 
 
-@contextlib.contextmanager
-def budget_bypass() -> Iterator[None]:
+def budget_bypass() -> AbstractContextManager[None]:
     """Calls inside this block are recorded but never blocked, downgraded or exited (admin work)."""
-    token = _bypass.set(True)
-    try:
-        yield
-    finally:
-        _bypass.reset(token)
+    return _bypass.on()
 
 
 def bypassed() -> bool:
-    return _bypass.get()
+    return _bypass.is_set()
