@@ -191,8 +191,8 @@ def test_refusal_at_the_limit_is_the_stores_and_the_overshoot_stays_under_one_re
         leased.close()
     used, inflight = shared.totals()
     assert (used, inflight) == (Amount(0, admitted * 100), Amount())
-    # 1050 tokens: the 11th call starts below the limit, the 12th does not. (Once, under the full suite's
-    # load on the cluster, 10: the figures below say whether the store degraded or refused locally.)
+    # 1050 tokens: the 11th call starts below the limit, the 12th does not. (Under the full suite's load it
+    # was 10, 1 clean run in 6: the lease thread's refill was on its way; see the test after this one.)
     assert admitted == 11, (leased.stats, leased.degraded_by_op)
     assert 0 <= used.tokens - limit.tokens < RES.tokens
 
