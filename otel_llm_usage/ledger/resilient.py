@@ -13,7 +13,9 @@ the store switches to *degraded* and the local fallback answers. While degraded 
 primary is not touched again until ``probe_interval`` seconds have passed, so an outage
 costs one timeout per interval, not one per call. A store that was only *busy* (it raised
 :class:`~otel_llm_usage.ledger.base.StoreBusy`: another process held the SQLite file past a host
-thread's short wait) is asked again after ``BUSY_RETRY_S``. The first operation after that
+thread's short wait) is asked again after ``BUSY_RETRY_S``, and at once by the next budget
+admission, which waits for a busy store as long as our own threads do (a SQLite lock held past
+that is an outage). The first operation after that
 probes: it replays the usage recorded while degraded (``add`` / ``settle`` deltas,
 merged per key) into the primary, and on success the store is healthy again, so the
 shared totals reconcile. One thread replays at a time, and it keeps replaying until the
