@@ -88,8 +88,8 @@ class LeasedCounterStore:
     was written meanwhile is replayed by it. Its health is this store's health.
     """
 
-    # A thread waiting for another's store request gives up waiting after this and asks itself (the
-    # store's own timeouts bound the request; this only guards against a request that never ends).
+    # A thread waiting for another's store request looks at the lease again after this, and waits on if
+    # the request is still out: the store's own timeouts end every request; this only bounds one wait.
     _FOLLOWER_WAIT_S = 5.0
     shared = True
     counts_locally = True  # counted under a lock; the background thread writes
