@@ -174,13 +174,11 @@ class LeasedCounterStore:
                                                        release, self.share, limit, ttl_s, self.holder)
         except BaseException:
             with self._lock:
-                lease.flight = None
-            flight.set()
+                self._land(lease, flight)
             raise
         self._ensure_thread()
         with self._lock:
-            lease.flight = None
-            flight.set()
+            self._land(lease, flight)
             self._seen(lease, used, inflight, granted, sent_at)
             if limit.exhausted_by(used + inflight):
                 # A budget at its limit stays refused here until the next background write brings
@@ -192,6 +190,14 @@ class LeasedCounterStore:
                 lease.busy = True
                 return True, used, inflight
             return False, used, inflight
+
+    @staticmethod
+    def _land(lease: Lease, flight: threading.Event) -> None:
+        """End this process's request in flight for ``lease``; the caller holds ``_lock``. Waiters wake
+        now but look at the lease only once the lock is released, so the answer the caller takes in
+        under the same lock is there when they do."""
+        lease.flight = None
+        flight.set()
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
               limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
@@ -357,12 +363,10 @@ class LeasedCounterStore:
                                                        self.holder)
         except BaseException:
             with self._lock:
-                lease.flight = None
-            flight.set()
+                self._land(lease, flight)
             raise
         with self._lock:
-            lease.flight = None
-            flight.set()
+            self._land(lease, flight)
             self._seen(lease, used, inflight, granted, sent_at)
             if release != ZERO:
                 self.stats.returns += 1
