@@ -190,10 +190,12 @@ class SqliteDatabase:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the process lock; rolls back on any error.
 
         Waits at most :meth:`_wait` for the process lock and the file lock; raises
-        ``sqlite3.OperationalError`` past that."""
+        ``sqlite3.OperationalError`` past that, a :class:`~.base.StoreBusy` one when it was a lock.
+        However long the wait was, a lock is contention: taken for an outage, budgets answered
+        locally for the whole probe interval while the file was free again in milliseconds."""
         wait = self._wait()
         if not self._lock.acquire(timeout=wait):
-            raise _busy(wait < self.busy_timeout, "database is locked (by another thread of this process)")
+            raise _Locked("database is locked (by another thread of this process)")
         try:
             conn = self._connection(wait)
             conn.execute("BEGIN IMMEDIATE")
@@ -208,8 +210,8 @@ class SqliteDatabase:
             self.unwritable = None
         except sqlite3.OperationalError as exc:
             self._note_failure(exc)
-            if wait < self.busy_timeout and not isinstance(exc, StoreBusy) and _is_lock(exc):
-                raise _busy(True, str(exc)) from exc
+            if not isinstance(exc, StoreBusy) and _is_lock(exc):
+                raise _Locked(str(exc)) from exc
             raise
         finally:
             self._lock.release()
@@ -244,12 +246,8 @@ class SqliteDatabase:
 _logger = logging.getLogger("otel_llm_usage")
 _OUR_THREADS = "otel-llm-usage-"
 # sqlite3 messages of a file that cannot be written at all (as opposed to "database is locked").
-class _CallerWaitExpired(sqlite3.OperationalError, StoreBusy):
-    """Locked past a host thread's short wait (``caller_wait``): another process holds the file."""
-
-
-def _busy(callers_bound: bool, message: str) -> sqlite3.OperationalError:
-    return _CallerWaitExpired(message) if callers_bound else sqlite3.OperationalError(message)
+class _Locked(sqlite3.OperationalError, StoreBusy):
+    """Locked past this thread's wait: another process (or thread) holds the file."""
 
 
 def _is_lock(exc: sqlite3.OperationalError) -> bool:

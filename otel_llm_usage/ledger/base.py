@@ -74,8 +74,9 @@ class Limit:
 
 
 class StoreBusy(Exception):
-    """A store operation gave up within a host thread's short wait because another process held the
-    store (a SQLite write lock): contention, not an outage, so the store is asked again soon."""
+    """A store operation gave up waiting because another process held the store (a SQLite write lock),
+    whether the wait was a host thread's short one or the full busy timeout: contention, not an outage,
+    so the store is asked again soon."""
 
 
 @dataclass(frozen=True, slots=True)

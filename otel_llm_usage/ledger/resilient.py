@@ -12,12 +12,12 @@ fault is logged once and counted through :func:`~otel_llm_usage._guard.internal_
 the store switches to *degraded* and the local fallback answers. While degraded the
 primary is not touched again until ``probe_interval`` seconds have passed, so an outage
 costs one timeout per interval, not one per call. A store that was only *busy* (it raised
-:class:`~otel_llm_usage.ledger.base.StoreBusy`: another process held the SQLite file past a host
-thread's short wait) is asked again after ``BUSY_RETRY_S``, and at once by the next budget
-admission, which waits for a busy store as long as our own threads do (a SQLite lock held past
-that is an outage). The first operation after that
-probes: it replays the usage recorded while degraded (``add`` / ``settle`` deltas,
-merged per key) into the primary, and on success the store is healthy again, so the
+:class:`~otel_llm_usage.ledger.base.StoreBusy`: another process held the SQLite file past the
+thread's wait) is asked again after ``BUSY_RETRY_S``, and at once by the next budget
+admission, which waits for a busy store as long as our own threads do (a lock held past even
+that wait is still contention: the admission is answered locally and the next one asks again).
+The first operation after that probes: it replays the usage recorded while degraded
+(``add`` / ``settle`` deltas, merged per key) into the primary, and on success the store is healthy again, so the
 shared totals reconcile. One thread replays at a time, and it keeps replaying until the
 pending set is empty, switching to healthy in the same locked step that finds it empty:
 usage other threads defer while a replay runs is replayed too, and usage deferred by a
