@@ -70,8 +70,8 @@ def _setup(step: str) -> tuple[Callable[[], None], dict[str, Any]]:
     return setup_ours("ours_budgets" if level == "budget" else "ours", None, (tracer_provider, meter_provider))
 
 
-def measure(step: str, blocks: int, calls: int) -> dict[str, Any]:
-    """Alternate plain and instrumented blocks of ``calls`` chat calls (order flipped every block).
+def measure(step: str, blocks: int, calls: int, surface: str = "chat") -> dict[str, Any]:
+    """Alternate plain and instrumented blocks of ``calls`` calls of ``surface`` (order flipped every block).
 
     Three figures, because part of our work runs on the pipeline's worker thread after the call
     returns: the median difference is the latency on the calling thread; the "all work" difference
@@ -85,7 +85,7 @@ def measure(step: str, blocks: int, calls: int) -> dict[str, Any]:
     from .surfaces import Surfaces
 
     surfaces = Surfaces(None)
-    unit = surfaces._unit("chat")
+    unit = surfaces._unit(surface)
     for _ in range(_WARMUP):
         unit()
     clock = time.perf_counter_ns
@@ -117,7 +117,7 @@ def measure(step: str, blocks: int, calls: int) -> dict[str, Any]:
             "on_us": median(on) / 1e3, "off_us": median(off) / 1e3, "n": len(on)}
 
 
-def run_breakdown(blocks: int, calls: int) -> dict[str, Any]:
+def run_breakdown(blocks: int, calls: int, surface: str = "chat") -> dict[str, Any]:
     """Every step in a fresh interpreter, one after the other; the official one when it is installed."""
     from .variants import OFFICIAL_MODULE, module_available
 
@@ -128,8 +128,8 @@ def run_breakdown(blocks: int, calls: int) -> dict[str, Any]:
             steps[step] = {"error": f"not installed ({OFFICIAL_MODULE} not importable)"}
             continue
         steps[step] = run_module("benchmarks.breakdown", ["--step", step, "--blocks", str(blocks),
-                                                          "--calls", str(calls)], timeout=600)
-    return {"blocks": blocks, "calls": calls, "steps": steps}
+                                                          "--calls", str(calls), "--surface", surface], timeout=600)
+    return {"blocks": blocks, "calls": calls, "surface": surface, "steps": steps}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,14 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", choices=list(STEPS), help="measure this step here and print it (worker mode)")
     parser.add_argument("--blocks", type=int, default=20)
     parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--surface", choices=("chat", "embeddings"), default="chat")
     args = parser.parse_args(argv)
     if args.step:
         use_peer_path()
-        emit(measure(args.step, args.blocks, args.calls))
+        emit(measure(args.step, args.blocks, args.calls, args.surface))
         return 0
     from .report import breakdown_lines
 
-    print("\n".join(breakdown_lines(run_breakdown(args.blocks, args.calls))))
+    print("\n".join(breakdown_lines(run_breakdown(args.blocks, args.calls, args.surface))))
     return 0
 
 

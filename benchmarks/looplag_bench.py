@@ -78,36 +78,121 @@ def _wait_summary(steps_ns: Sequence[int], cpu_ns: Sequence[int]) -> dict[str, f
             "max_us": waits[-1] / 1e3, "over_1ms": sum(1 for w in waits if w > 1_000_000)}
 
 
+_LONGEST = 5
+
+
+def _what_ran(handle: asyncio.Handle) -> str:
+    """A step's code: a task's coroutine and the line it is suspended at after the step (or
+    returned from), else the callback's name."""
+    callback = getattr(handle, "_callback", None)
+    task = getattr(callback, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        coro = task.get_coro()
+        where = []
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None)
+            if frame is None:
+                break
+            where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            coro = getattr(coro, "cr_await", None)
+        return "task " + (" > ".join(where[-3:]) if where else f"{task.get_name()} (done)")
+    return getattr(callback, "__qualname__", repr(callback))
+
+
 class _StepTimer:
     """Times every callback the event loop runs (``Handle._run``), while recording: wall time, and
     the loop thread's own CPU time (the difference is waiting: for I/O, or for the GIL while
     another thread runs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, plugin: _PluginClock | None = None) -> None:
         self.steps: list[int] = []
         self.cpu: list[int] = []
+        #: the plugin's time within each step that had any (see :class:`_PluginClock`)
+        self.plugin_steps: list[int] = []
+        self.plugin = plugin
         self.recording = False
+        #: the longest steps, (wall ns, the plugin's ns in it, what ran), longest first
+        self.longest: list[tuple[int, int, str]] = []
         self._original: Callable[[asyncio.Handle], None] | None = None
+
+    def _note(self, wall_ns: int, plugin_ns: int, handle: asyncio.Handle) -> None:
+        self.longest.append((wall_ns, plugin_ns, _what_ran(handle)))
+        self.longest.sort(reverse=True)
+        del self.longest[_LONGEST:]
 
     def install(self) -> None:
         original = self._original = asyncio.Handle._run
         steps, cpu, clock, thread_clock, timer = self.steps, self.cpu, time.perf_counter_ns, time.thread_time_ns, self
+        plugin, plugin_steps = self.plugin, self.plugin_steps
 
         def timed_run(handle: asyncio.Handle) -> None:
             if not timer.recording:
                 original(handle)
                 return
+            if plugin is not None:
+                plugin.take()
             t0, c0 = clock(), thread_clock()
             original(handle)
             if timer.recording:  # the step that switches recording off is not counted either
                 cpu.append(thread_clock() - c0)
-                steps.append(clock() - t0)
+                wall = clock() - t0
+                steps.append(wall)
+                ours = plugin.take() if plugin is not None else 0
+                if ours:
+                    plugin_steps.append(ours)
+                if len(timer.longest) < _LONGEST or wall > timer.longest[-1][0]:
+                    timer._note(wall, ours, handle)
 
         asyncio.Handle._run = timed_run  # type: ignore[method-assign,assignment]
 
     def uninstall(self) -> None:
         if self._original is not None:
             asyncio.Handle._run = self._original  # type: ignore[method-assign,assignment]
+
+
+class _PluginClock:
+    """The plugin's own time on the loop thread, per step: the call lifecycle's work before the SDK
+    call (attribution, the budget's admission, the span) and after it (reading the response, the
+    span's end, pricing, the record's submission and any share of the queue done there), and the
+    pipeline's slices. A step's wall time minus this is the SDK's and the host's: so a long step
+    the SDK made long is not counted as the plugin's stall, and a long hold of the plugin's is.
+
+    It wraps those three methods of the live classes with a timer (about 1 µs each, counted as the
+    plugin's); work of the plugin outside them on the loop (two context-variable writes a call) is not
+    counted."""
+
+    def __init__(self) -> None:
+        self.in_step = 0
+        self._undo: list[tuple[type, str, Any]] = []
+
+    def install(self, loop_thread: int) -> None:
+        from otel_llm_usage.instrumentation.lifecycle import CallHandler
+        from otel_llm_usage.runtime.pipeline import _Deferred
+
+        clock, get_ident, plugin = time.perf_counter_ns, threading.get_ident, self
+        for owner, name in ((CallHandler, "begin"), (CallHandler, "finish_result"), (_Deferred, "loop_slice")):
+            original = vars(owner)[name]
+
+            def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                if get_ident() != loop_thread:
+                    return _original(*args, **kwargs)
+                t0 = clock()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    plugin.in_step += clock() - t0
+
+            setattr(owner, name, timed)
+            self._undo.append((owner, name, original))
+
+    def uninstall(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+    def take(self) -> int:
+        spent, self.in_step = self.in_step, 0
+        return spent
 
 
 def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
@@ -120,7 +205,8 @@ def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
     teardown, facts = setup_variant(CASES[case][1], redis_url)
     client = T.openai_async_client(latency_s=latency_s)
     messages = [{"role": "user", "content": "Say lorem ipsum."}]
-    timer = _StepTimer()
+    plugin = None if case == "plain" else _PluginClock()
+    timer = _StepTimer(plugin)
     lags: list[int] = []
     calls = batches = 0
     timed_s = 0.0
@@ -165,6 +251,8 @@ def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
         gc.enable()
 
     timer.install()
+    if plugin is not None:
+        plugin.install(threading.get_ident())
     try:
         loop.run_until_complete(main())
         facts.update(runtime_facts())
@@ -172,6 +260,8 @@ def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
     finally:
         gc.enable()
         timer.uninstall()
+        if plugin is not None:
+            plugin.uninstall()
         loop.close()
         teardown()
     return {"case": case, "what": CASES[case][0], "seconds": timed_s, "batches": batches, "calls": calls,
@@ -179,6 +269,9 @@ def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
             "lag": _lag_summary(lags), "step": _lag_summary(timer.steps), "step_cpu": _lag_summary(timer.cpu),
             "step_wait": _wait_summary(timer.steps, timer.cpu),
             "steps_over_1ms": sum(1 for d in timer.steps if d > 1_000_000),
+            "plugin_in_step": _lag_summary(timer.plugin_steps),
+            "longest_steps": [{"us": wall / 1e3, "plugin_us": ours / 1e3, "what": what}
+                              for wall, ours, what in timer.longest],
             "steps_over_slow_reply": sum(1 for d in timer.steps if d >= SLOW_REPLY_S * 1e9), "facts": facts}
 
 

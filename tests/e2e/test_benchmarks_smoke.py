@@ -50,26 +50,28 @@ def test_quick_run_writes_complete_json_and_markdown(tmp_path: Path) -> None:
 
     from benchmarks.breakdown import STEPS
 
-    steps = result["breakdown"]["steps"]
-    assert set(steps) == set(STEPS)
     # scripts/test installs the official instrumentation there: then it must really have run.
     official_installed = bool(os.environ.get(PEER_PATH_ENV))
     assert variants["otel_genai_openai"]["available"] or not official_installed, variants["otel_genai_openai"]
-    for name, (ladder, _) in STEPS.items():
-        if ladder == "ours" or official_installed:
-            assert steps[name].get("n", 0) > 0 and steps[name]["on_us"] > 0, (name, steps[name])
-        else:
-            assert "not installed" in steps[name]["error"], (name, steps[name])
+    for key, surface in (("breakdown", "chat"), ("breakdown_embeddings", "embeddings")):
+        assert result[key]["surface"] == surface
+        steps = result[key]["steps"]
+        assert set(steps) == set(STEPS)
+        for name, (ladder, _) in STEPS.items():
+            if ladder == "ours" or official_installed:
+                assert steps[name].get("n", 0) > 0 and steps[name]["on_us"] > 0, (key, name, steps[name])
+            else:
+                assert "not installed" in steps[name]["error"], (key, name, steps[name])
     assert "records_per_s" in result["ledger"]["sqlite"], result["ledger"]
     assert "calls_per_s" in result["contention"]["memory"], result["contention"]
     assert len(result["memory"]["rss"]) == 3, result["memory"]
     from benchmarks.looplag_bench import CASES
     from benchmarks.report import STORE_TARGETS
 
-    # 4 original targets, the shared-ledger ratios, embeddings vs official, 3 loop-lag rows (probe lag,
-    # longest step, waiting within a step), 3 fleet rows
+    # 4 original targets, the shared-ledger ratios, embeddings vs official, 4 loop-lag rows (the plugin's
+    # hold of a step, probe lag, longest step, waiting within a step), 3 fleet rows
     targets = result["targets"]
-    assert len(targets) == 4 + len(STORE_TARGETS) + 1 + 3 + 3, [t["name"] for t in targets]
+    assert len(targets) == 4 + len(STORE_TARGETS) + 1 + 4 + 3, [t["name"] for t in targets]
     assert all(t["met"] in (True, False, None) for t in targets), targets
     by_name = {t["name"]: t for t in targets}
     # The ratios are computed whenever the variants ran (their verdict is whatever the run measured).
@@ -90,6 +92,12 @@ def test_quick_run_writes_complete_json_and_markdown(tmp_path: Path) -> None:
         assert "error" not in r, (case, r)
         assert r["calls"] > 0 and r["lag"]["n"] > 0 and r["step"]["n"] > 0, (case, r)
         assert r["lag"]["max_us"] >= r["lag"]["p50_us"] >= 0, (case, r)
+        # The plugin's share of a step is timed inside the step: never more than the step, and none in plain.
+        assert r["longest_steps"] and all(0 <= s["plugin_us"] <= s["us"] for s in r["longest_steps"]), (case, r)
+        if case == "plain":
+            assert r["plugin_in_step"] == {"n": 0}, r["plugin_in_step"]
+        else:
+            assert r["plugin_in_step"]["n"] > 0 and r["plugin_in_step"]["max_us"] <= r["step"]["max_us"], (case, r)
     if redis_available:
         assert looplag["ours_redis_slow"]["proxy"]["connections"] > 0, looplag["ours_redis_slow"]
 
@@ -107,7 +115,8 @@ def test_quick_run_writes_complete_json_and_markdown(tmp_path: Path) -> None:
 
     for v in VARIANTS:
         assert v.label in markdown
-    for heading in ("## Targets", "## Per-call overhead", "## Where the added latency goes", "## Ledger ingest",
+    for heading in ("## Targets", "## Per-call overhead", "## Where the added latency goes (OpenAI chat",
+                    "## Where the added latency goes (OpenAI embeddings", "## Ledger ingest",
                     "## Memory", "## Budget contention", "### Budget on a shared ledger vs in memory",
                     "### Ratio of added latency, ours / peer", "## Event-loop lag", "## Fleet overshoot"):
         assert heading in markdown
