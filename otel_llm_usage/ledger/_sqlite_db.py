@@ -99,6 +99,9 @@ class SqliteDatabase:
         # so does a budget admission the call cannot go on without (see FailOpenCounterStore).
         self.caller_wait = caller_wait
         self.clock = clock
+        # When a wait for the file last began that ended locked, with no transaction through since
+        # (monotonic); None while the file answers. See _wait.
+        self._refused_since: float | None = None
         self.unwritable: str | None = None  # why writes fail for good (permissions, read-only file system)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -117,11 +120,27 @@ class SqliteDatabase:
         reset_after_fork(self)
 
     def _wait(self) -> float:
-        """The longest this thread may wait for the process lock and for SQLite's busy handler."""
-        if self.caller_wait is None or threading.current_thread().name.startswith(_OUR_THREADS) or \
-                admission_waits():
+        """The longest this thread may wait for the process lock and for SQLite's busy handler.
+
+        A budget admission (a host call's, or the lease thread's request host calls wait for) waits
+        as our threads do, since other processes' short transactions can keep a file busy past a host
+        thread's brief wait, except once the file has refused this process for :data:`_HELD_AFTER`
+        busy timeouts: that is a lock held for long (a backup, a stuck process), no wait outlasts it,
+        and every call missing its lease would wait the whole busy timeout, one after another. Then an
+        admission waits as a host read does until a transaction gets through again."""
+        if self.caller_wait is None:
+            return self.busy_timeout
+        if admission_waits():
+            refused_since = self._refused_since
+            held = refused_since is not None and time.monotonic() - refused_since >= _HELD_AFTER * self.busy_timeout
+            return self.caller_wait if held else self.busy_timeout
+        if threading.current_thread().name.startswith(_OUR_THREADS):
             return self.busy_timeout
         return self.caller_wait
+
+    def _refused(self, wait: float) -> None:
+        if self._refused_since is None:
+            self._refused_since = time.monotonic() - wait  # locked since that wait began, at least
 
     def _note_failure(self, exc: sqlite3.Error, *, log: bool = True) -> None:
         """Name the file and the cause once (ERROR) when it cannot be written at all; a lock is transient."""
@@ -138,6 +157,7 @@ class SqliteDatabase:
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        self._refused_since = None
         if self._conn is not None:
             _inherited_connections.append(self._conn)
             self._conn = None
@@ -195,6 +215,7 @@ class SqliteDatabase:
         locally for the whole probe interval while the file was free again in milliseconds."""
         wait = self._wait()
         if not self._lock.acquire(timeout=wait):
+            self._refused(wait)
             raise _Locked("database is locked (by another thread of this process)")
         try:
             conn = self._connection(wait)
@@ -208,8 +229,11 @@ class SqliteDatabase:
                         conn.execute("ROLLBACK")
                 raise
             self.unwritable = None
+            self._refused_since = None
         except sqlite3.OperationalError as exc:
             self._note_failure(exc)
+            if isinstance(exc, StoreBusy) or _is_lock(exc):
+                self._refused(wait)
             if not isinstance(exc, StoreBusy) and _is_lock(exc):
                 raise _Locked(str(exc)) from exc
             raise
@@ -245,6 +269,8 @@ class SqliteDatabase:
 
 _logger = logging.getLogger("otel_llm_usage")
 _OUR_THREADS = "otel-llm-usage-"
+#: busy timeouts of refusal past which a lock is taken as held for long (see SqliteDatabase._wait)
+_HELD_AFTER = 2
 # sqlite3 messages of a file that cannot be written at all (as opposed to "database is locked").
 class _Locked(sqlite3.OperationalError, StoreBusy):
     """Locked past this thread's wait: another process (or thread) holds the file."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 
+import otel_llm_usage
 from otel_llm_usage.budgets.config import BudgetConfig
 from otel_llm_usage.config import Config
 from tests.conftest import close_otel, make_otel
@@ -83,6 +84,62 @@ def test_a_locked_sqlite_file_does_not_stall_host_calls(llm_server, locked_for):
         assert otel.instrumentor.runtime.flush_ledger(30)
         assert rows(db) == calls  # every record landed once the lock was gone
     finally:
+        close_otel(otel)
+
+
+@pytest.mark.slow
+def test_a_file_locked_for_long_holds_calls_the_lease_cannot_cover_for_the_busy_timeout_at_most_twice(
+        llm_server, tmp_path):
+    """Every call here reserves more than a lease holds (max_tokens 8 000 against a 200 000-token
+    budget), so each one asks the store, while another process holds ``BEGIN EXCLUSIVE`` on the file for
+    8 s. A budget admission waits for a busy file up to the busy timeout (2 s), which a held lock
+    outlasts: the first calls wait it, then calls wait as a host read does (0.1 s) and are admitted
+    locally, the lease thread's request included (a call waiting for it had waited ~3 s). Every
+    record and every token reach the file once it is free."""
+    db = tmp_path / "ledger.db"
+    budget = BudgetConfig.model_validate({"name": "b", "limit": {"tokens": 200_000}, "window": "day",
+                                          "action": "block"})
+    otel = make_otel(llm_server, Config(provider_hosts={"127.0.0.1": "openai"}, ledger=f"sqlite://{db}",
+                                        budgets=(budget,)))
+    holder = None
+    try:
+        client = openai.OpenAI(base_url=llm_server.openai_base_url, api_key="sk-x", max_retries=0)
+        tokens = 0
+
+        def call() -> None:
+            nonlocal tokens
+            usage = client.chat.completions.create(model="gpt-4o-mini", max_tokens=8000,
+                                                   messages=[{"role": "user", "content": "hi"}]).usage
+            assert usage is not None
+            tokens += usage.total_tokens
+
+        call()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, time\n"
+             f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+             "c.execute('BEGIN EXCLUSIVE'); print('LOCKED', flush=True); time.sleep(8); c.execute('COMMIT')"],
+            stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "LOCKED"
+        waits: list[float] = []
+        end = time.monotonic() + 7
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            call()
+            waits.append(time.perf_counter() - started)
+        holder.wait(timeout=10)
+        assert otel.instrumentor.runtime.flush_ledger(30)
+        shown = [round(w, 2) for w in waits]
+        assert sum(1 for w in waits if w > 0.5) <= 2 and max(waits) < 2.5, shown
+        calls = len(waits) + 1
+        assert rows(db) == calls, shown
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT SUM(input_tokens + output_tokens) FROM records").fetchone()[0] == tokens
+        status = otel_llm_usage.get_budget_status()
+        assert [(row["used"], row["in_flight"]) for row in status] == [(tokens, 0)], status
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
         close_otel(otel)
 
 
