@@ -65,7 +65,7 @@ def _lag_summary(values_ns: Sequence[int]) -> dict[str, float]:
     if not values_ns:
         return {"n": 0}
     return {"n": len(values_ns), "p50_us": median(values_ns) / 1e3, "p99_us": percentile(values_ns, 99) / 1e3,
-            "max_us": max(values_ns) / 1e3}
+            "p999_us": percentile(values_ns, 99.9) / 1e3, "max_us": max(values_ns) / 1e3}
 
 
 def _wait_summary(steps_ns: Sequence[int], cpu_ns: Sequence[int]) -> dict[str, float]:
