@@ -166,7 +166,7 @@ class SqliteDatabase:
         """The open connection, opening it (and creating the schema) if needed, set to wait at most
         ``wait`` seconds for another process's lock. Caller holds the lock."""
         if self._conn is not None:
-            busy_ms = int(wait * 1000)
+            busy_ms = round(wait * 1000)  # a lock taken at once leaves it as it was: no PRAGMA
             if busy_ms != self._busy_ms:
                 self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 self._busy_ms = busy_ms
@@ -176,7 +176,7 @@ class SqliteDatabase:
         conn = sqlite3.connect(self.path, timeout=wait, isolation_level=None,
                                check_same_thread=False)  # used by many threads, always under self._lock
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {round(wait * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("BEGIN IMMEDIATE")
@@ -202,7 +202,7 @@ class SqliteDatabase:
             conn.close()
             raise
         self._conn = conn
-        self._busy_ms = int(wait * 1000)
+        self._busy_ms = round(wait * 1000)
         return conn
 
     @contextmanager
@@ -214,11 +214,14 @@ class SqliteDatabase:
         However long the wait was, a lock is contention: taken for an outage, budgets answered
         locally for the whole probe interval while the file was free again in milliseconds."""
         wait = self._wait()
+        deadline = time.monotonic() + wait
         if not self._lock.acquire(timeout=wait):
             self._refused(wait)
             raise _Locked("database is locked (by another thread of this process)")
         try:
-            conn = self._connection(wait)
+            # What is left of the wait, not all of it again: behind a thread of ours that held the
+            # connection while it waited for the file, a call would otherwise wait twice.
+            conn = self._connection(max(0.0, deadline - time.monotonic()))
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -761,6 +762,44 @@ def test_a_file_locked_for_long_holds_a_host_call_for_a_busy_timeout_at_most_twi
     reader = SqliteCounterStore(path)
     try:
         assert reader.read(USED, INFLIGHT) == (Amount(0, ACTUAL.tokens * (calls + 1)), Amount())
+    finally:
+        reader.close()
+
+
+def test_an_admission_waits_the_busy_timeout_in_all_not_once_for_each_lock(tmp_path: Path) -> None:
+    """Behind one of our threads that holds the process's connection while it waits for the file, an
+    admission waited the busy timeout for that connection and then the busy timeout again for the
+    file. One deadline covers both."""
+    from otel_llm_usage.ledger._sqlite_db import SqliteDatabase
+
+    path = tmp_path / "twice.db"
+    db = SqliteDatabase(path, busy_timeout=0.5, caller_wait=0.1)
+    counters = LeasedCounterStore(FailOpenCounterStore(SqliteCounterStore(db), probe_interval=0.2),
+                                  flush_interval=0.05)
+    holder, _ = _hold_write_lock(path, 1.6)
+
+    def our_write() -> None:
+        with suppress(Exception), db.transaction():
+            pass
+
+    ours = threading.Thread(target=our_write, name="otel-llm-usage-test-writer")
+    try:
+        ours.start()
+        time.sleep(0.05)  # it holds the connection now, waiting for the file
+        t0 = time.monotonic()
+        assert counters.try_reserve(USED, INFLIGHT, RES, LIMIT, TTL)[0]
+        waited = time.monotonic() - t0
+        assert waited < 0.7, waited
+        counters.settle(USED[0], INFLIGHT, RES, ACTUAL, TTL)
+        holder.join()
+        assert counters.flush()
+    finally:
+        ours.join()
+        holder.join()
+        counters.close()
+    reader = SqliteCounterStore(path)
+    try:
+        assert reader.read(USED, INFLIGHT) == (ACTUAL, Amount())
     finally:
         reader.close()
 
