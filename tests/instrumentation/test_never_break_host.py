@@ -58,10 +58,7 @@ def test_malformed_json_body_raises_what_the_sdk_raises(otel):
     assert rec.status == "error" and rec.error_type == type(info.value).__qualname__
 
 
-def test_record_usage_flows_through_pricing_budgets_and_metrics(otel, monkeypatch):
-    import otel_llm_usage.runtime.pipeline
-
-    monkeypatch.setattr(otel_llm_usage.runtime.pipeline, "_BATCH_DELAY_S", 3600)  # the worker cannot price it first
+def test_record_usage_flows_through_pricing_budgets_and_metrics(otel):
     with usage_context(function="ide-assistant", user="dev-1"):
         rec = record_usage(provider="openai", model="gpt-4o-mini", input_tokens=1_000_000, output_tokens=0)
     assert rec.usage_source == "manual"

@@ -71,6 +71,54 @@ def test_worker_processes_without_being_asked() -> None:
         pipeline.shutdown()
 
 
+def test_a_burst_shorter_than_a_batch_leaves_the_worker_asleep_until_its_poll() -> None:
+    """Waking the worker on every burst made it wait for the GIL through a CPU-bound host's calls,
+    and every brief release by the host (one system call per SDK call) handed the GIL's condition
+    to it and back: 1.2 futex calls and 20-40 us more CPU per call, for nothing processed. Records
+    below a batch wait for the worker's poll (readers drain them first anyway)."""
+    from otel_llm_usage.runtime import pipeline as pipeline_module
+
+    seen = Seen()
+    pipeline = Pipeline([], deferred=[seen], idle_wait=0.6)
+    try:
+        pipeline.submit(record(0))  # starts the worker, which then sleeps for its poll
+        assert pipeline.drain(10)
+        for i in range(1, pipeline_module._WAKE_AT):
+            pipeline.submit(record(i))
+        threading.Event().wait(0.2)
+        assert len(seen.records) == 1  # nobody woke the worker
+        deadline = threading.Event()
+        for _ in range(100):
+            if len(seen.records) == pipeline_module._WAKE_AT:
+                break
+            deadline.wait(0.02)
+        assert len(seen.records) == pipeline_module._WAKE_AT  # the poll took them, nothing lost
+        assert seen.threads == {threading.current_thread().name, "otel-llm-usage-pipeline"}
+    finally:
+        pipeline.shutdown()
+
+
+def test_a_full_batch_wakes_the_worker_at_once() -> None:
+    from otel_llm_usage.runtime import pipeline as pipeline_module
+
+    done = threading.Event()
+    seen = Seen()
+
+    class Last:
+        def process(self, rec: UsageRecord) -> None:
+            if len(seen.records) == pipeline_module._WAKE_AT:
+                done.set()
+
+    pipeline = Pipeline([], deferred=[seen, Last()], idle_wait=30.0)
+    try:
+        for i in range(pipeline_module._WAKE_AT):
+            pipeline.submit(record(i))
+        assert done.wait(5)  # long before the 30 s poll
+        assert seen.threads == {"otel-llm-usage-pipeline"}
+    finally:
+        pipeline.shutdown()
+
+
 def test_a_broken_deferred_stage_does_not_stop_the_next() -> None:
     class Broken:
         def process(self, rec: UsageRecord) -> None:
@@ -141,7 +189,8 @@ def test_after_shutdown_submit_runs_every_stage_at_once() -> None:
 _EXIT_SCRIPT = """
 import sys
 import otel_llm_usage.runtime.pipeline
-otel_llm_usage.runtime.pipeline._BATCH_DELAY_S = 3600  # the worker takes the first record, then never drains
+otel_llm_usage.runtime.pipeline._POLL_S = 3600  # the worker never takes what is queued
+otel_llm_usage.runtime.pipeline._WAKE_AT = 10**9
 from otel_llm_usage import record_usage
 from otel_llm_usage.config import Config
 from otel_llm_usage.runtime.core import build_runtime

@@ -232,9 +232,9 @@ def test_a_slice_that_finds_the_queue_locked_neither_waits_nor_spins_on_the_loop
             super().process(rec)
 
     stage = Held()
-    pipeline = Pipeline(deferred=[stage], idle_wait=30.0)
+    pipeline = Pipeline(deferred=[stage], idle_wait=0.05)
     try:
-        pipeline.submit(record(0))  # from this thread: the worker takes it and blocks
+        pipeline.submit(record(0))  # from this thread: the worker takes it at its poll and blocks
         assert entered.wait(10)
 
         async def main() -> float:
