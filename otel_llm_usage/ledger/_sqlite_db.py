@@ -205,6 +205,22 @@ class SqliteDatabase:
         self._busy_ms = round(wait * 1000)
         return conn
 
+    def _begin(self, deadline: float) -> sqlite3.Connection:
+        """``BEGIN IMMEDIATE`` by ``deadline``, looking for the file every few milliseconds. SQLite's own
+        busy handler backs off to one look every 100 ms, and beside another process holding the file
+        190 ms at a time and freeing it for 10 ms it missed every gap for a whole 1 s wait. Only what
+        is left of the wait: behind a thread of ours that held the connection while it waited for the
+        file, a call would otherwise wait twice. Caller holds the lock."""
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                conn = self._connection(min(left, _BUSY_STEP_S))  # opening it may meet the lock too
+                conn.execute("BEGIN IMMEDIATE")
+                return conn
+            except sqlite3.OperationalError as exc:
+                if left <= _BUSY_STEP_S or not _is_lock(exc):
+                    raise
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the process lock; rolls back on any error.
@@ -219,10 +235,7 @@ class SqliteDatabase:
             self._refused(wait)
             raise _Locked("database is locked (by another thread of this process)")
         try:
-            # What is left of the wait, not all of it again: behind a thread of ours that held the
-            # connection while it waited for the file, a call would otherwise wait twice.
-            conn = self._connection(max(0.0, deadline - time.monotonic()))
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._begin(deadline)
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -274,6 +287,8 @@ _logger = logging.getLogger("otel_llm_usage")
 _OUR_THREADS = "otel-llm-usage-"
 #: busy timeouts of refusal past which a lock is taken as held for long (see SqliteDatabase._wait)
 _HELD_AFTER = 2
+#: the longest one look for the file lasts (SQLite's handler sleeps 1, 2, 5, 10 ms... within it)
+_BUSY_STEP_S = 0.02
 # sqlite3 messages of a file that cannot be written at all (as opposed to "database is locked").
 class _Locked(sqlite3.OperationalError, StoreBusy):
     """Locked past this thread's wait: another process (or thread) holds the file."""

@@ -804,6 +804,48 @@ def test_an_admission_waits_the_busy_timeout_in_all_not_once_for_each_lock(tmp_p
         reader.close()
 
 
+def test_a_file_free_only_in_short_gaps_lets_a_transaction_through_within_the_busy_timeout(tmp_path: Path) -> None:
+    """SQLite's own busy handler backs off to one look every 100 ms: beside another process that holds
+    the file 190 ms at a time and frees it for 10 ms, a transaction missed every gap for the whole 1 s
+    wait (in the contended-fleet test, a 2 s one), so the lease thread and a call's admission were
+    answered locally and the fleet admitted one call past its limit (1 run in ~10). Our transaction
+    now looks every few milliseconds until its deadline."""
+    import sqlite3
+
+    from otel_llm_usage.ledger._sqlite_db import SqliteDatabase
+
+    path = tmp_path / "gaps.db"
+    db = SqliteDatabase(path, busy_timeout=1.0).acquire()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5)
+    stop, holding = threading.Event(), threading.Event()
+
+    def contend() -> None:
+        while not stop.is_set():
+            other.execute("BEGIN IMMEDIATE")
+            holding.set()
+            stop.wait(0.19)
+            other.execute("COMMIT")
+            time.sleep(0.01)
+
+    contender = threading.Thread(target=contend)
+    contender.start()
+    waits: list[float] = []
+    try:
+        assert holding.wait(5)
+        for _ in range(6):
+            t0 = time.monotonic()
+            with suppress(sqlite3.OperationalError), db.transaction():
+                waits.append(round(time.monotonic() - t0, 3))
+            time.sleep(0.05)  # the next one starts while the file is held again
+    finally:
+        stop.set()
+        contender.join()
+        other.close()
+        db.release()
+    assert len(waits) == 6, waits  # each got through in one of the gaps, none waited out its second
+    assert max(waits) < 0.5, waits
+
+
 def test_a_lock_that_outlasts_the_busy_timeout_is_still_contention(tmp_path: Path) -> None:
     """The lease thread's write waits out the whole busy timeout (0.3 s here) on a file another
     connection holds. That is contention still, not an outage: once the file is free, the next call
