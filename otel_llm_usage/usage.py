@@ -80,7 +80,7 @@ def safe_int(value: Any) -> int | None:
         return None
     if isinstance(value, str):
         value = value.strip()
-        if not value.lstrip("-").isdigit():
+        if not value.lstrip("-").isdecimal():  # what int() reads; isdigit() also passes "²"
             return None
         value = int(value)
     if isinstance(value, float):

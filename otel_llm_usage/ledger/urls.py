@@ -39,7 +39,7 @@ def ledger_url_problem(url: str) -> str | None:
         except ValueError:
             return "the port must be a number from 0 to 65535 (redis://HOST:PORT/DB)"
         db = parts.path.strip("/")
-        if db and not db.isdigit():
+        if db and not (db.isascii() and db.isdigit()):  # isdigit() alone passes "²", which int() refuses
             return f"the database must be a number (redis://HOST:PORT/DB), not {db!r}"
         return None
     if scheme == "redis+cluster":
@@ -49,7 +49,7 @@ def ledger_url_problem(url: str) -> str | None:
             return "name at least one node: redis+cluster://HOST:PORT[,HOST:PORT...]"
         for node in nodes:
             port = node.rsplit(":", 1)[-1] if ":" in node else ""
-            if not port.isdigit() or not 0 < int(port) < 65536:
+            if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
                 return f"node {node!r}: give HOST:PORT with a port from 1 to 65535"
         if parts.path.strip("/") not in ("", "0"):
             return "a Redis Cluster has only database 0"

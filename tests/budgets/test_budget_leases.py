@@ -508,6 +508,7 @@ def test_the_stores_lease_exactly_as_the_shared_arithmetic_says(shared: Shared, 
     ("redis+cluster://", "name at least one node"),
     ("redis+cluster://10.0.0.1", "give HOST:PORT"),
     ("redis+cluster://10.0.0.1:7000/3", "only database 0"),
+    ("redis+cluster://10.0.0.1:²", "give HOST:PORT"),  # a digit to str.isdigit(), not to int()
 ])
 def test_cluster_ledger_urls_are_checked_before_anything_connects(url: str, problem: str | None) -> None:
     from otel_llm_usage.ledger.urls import ledger_url_problem

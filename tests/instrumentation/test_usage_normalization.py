@@ -29,6 +29,9 @@ CASES = [
     pytest.param({"prompt_tokens": 10**15, "completion_tokens": 2}, (0, 2, 0, 0), id="huge-dropped"),
     pytest.param({"prompt_tokens": None, "completion_tokens_details": None, "completion_tokens": 1},
                  (0, 1, 0, 0), id="nulls"),
+    # "²" is a digit to str.isdigit() but not a number to int(): found by the property test below.
+    pytest.param({"prompt_tokens": 4, "completion_tokens": "²"}, (4, 0, 0, 0), id="superscript-dropped"),
+    pytest.param({"prompt_tokens": "١٢", "completion_tokens": 1}, (12, 1, 0, 0), id="arabic-indic-digits"),
 ]
 
 

@@ -96,6 +96,7 @@ def test_config_path_from_env(tmp_path):
     ("ledger: sqlite://relative/x.db\n", "ledger", "absolute path"),
     ("ledger: sqlite:///no/such/folder/x.db\n", "ledger", "/no/such/folder does not exist"),
     ("ledger: redis://host:notaport/0\n", "ledger", "port must be a number"),
+    ("ledger: redis://host:6379/²\n", "ledger", "database must be a number"),
     ("attribution:\n  hash_users: true\n", "attribution", "needs hash_key"),
 ])
 def test_ledger_urls_and_unkeyed_hashing_are_refused_with_file_line(tmp_path, body, key, fragment):
