@@ -63,6 +63,8 @@ class Lease:
     refill: bool = False  # below the low-water mark: the background thread tops it up
     valid_until: float = 0.0  # admit from the lease until then (the store may take it some time after)
     lost: bool = False  # the lease went stale: the next request hands back all the store still holds of it
+    exchanges: int = 0  # requests of this process on the lease's keys the store has not answered yet
+    landed: int = 0  # answers taken in so far: a read that saw none land in between saw one state
 
     def free(self) -> Amount:
         return on_limited(self.limit, self.granted - self.inflight - self.unflushed_total)

@@ -91,6 +91,8 @@ class LeasedCounterStore:
     # A thread waiting for another's store request looks at the lease again after this, and waits on if
     # the request is still out: the store's own timeouts end every request; this only bounds one wait.
     _FOLLOWER_WAIT_S = 5.0
+    # A read waits this long at most for this process's requests on its way to the store (see ``read``).
+    _READ_WAIT_S = 1.0
     shared = True
     counts_locally = True  # counted under a lock; the background thread writes
 
@@ -106,6 +108,7 @@ class LeasedCounterStore:
         self.stats = LeaseStats()
         self._clock = clock
         self._lock = threading.Lock()
+        self._landed = threading.Condition(self._lock)  # notified whenever a store answer is taken in
         self._leases: dict[str, Lease] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -158,7 +161,7 @@ class LeasedCounterStore:
                     raise WouldBlock(inflight_key)
                 flight = lease.flight
                 if flight is None:  # this thread asks the store; others wait for its answer
-                    flight = lease.flight = threading.Event()
+                    flight = self._send(lease)
                     self.stats.waits += 1
                     release = floor0(lease.free())  # handed back in the same step: our leftovers never count
                     lease.granted -= release
@@ -192,12 +195,22 @@ class LeasedCounterStore:
             return False, used, inflight
 
     @staticmethod
-    def _land(lease: Lease, flight: threading.Event) -> None:
-        """End this process's request in flight for ``lease``; the caller holds ``_lock``. Waiters wake
-        now but look at the lease only once the lock is released, so the answer the caller takes in
-        under the same lock is there when they do."""
-        lease.flight = None
-        flight.set()
+    def _send(lease: Lease) -> threading.Event:
+        """Start this process's one lease request for ``lease``; the caller holds ``_lock``."""
+        lease.exchanges += 1
+        flight = lease.flight = threading.Event()
+        return flight
+
+    def _land(self, lease: Lease, flight: threading.Event | None = None) -> None:
+        """End a request of this process for ``lease`` (its lease request if ``flight``); the caller
+        holds ``_lock``. Waiters wake now but look at the lease only once the lock is released, so the
+        answer the caller takes in under the same lock is there when they do."""
+        lease.exchanges -= 1
+        lease.landed += 1
+        self._landed.notify_all()
+        if flight is not None:
+            lease.flight = None
+            flight.set()
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
               limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
@@ -270,14 +283,32 @@ class LeasedCounterStore:
 
     def read(self, used_keys: Sequence[str], inflight_key: str) -> tuple[Amount, Amount]:
         """The store's totals, with this process's share of them made exact: usage not written yet
-        counts as used, and of its lease only what calls hold counts as in flight."""
-        used, inflight = self.store.read(used_keys, inflight_key)
-        with self._lock:
-            lease = self._leases.get(inflight_key)
-            if lease is None:
-                return used, inflight
-            mine = lease.unflushed_total, floor0(inflight - lease.granted) + lease.inflight
-        return saturated(used + mine[0]), saturated(mine[1])
+        counts as used, and of its lease only what calls hold counts as in flight.
+
+        Exact only from a store read during which none of this process's requests on the key was on
+        its way: a write on its way has left the lease and may not have reached the store (it counted
+        nowhere), a hand-back has left ``granted`` and may still be in the store's in-flight (it
+        counted as another process's). So the read waits for such a request to be answered, and
+        reads again if one started or landed meanwhile, for :data:`_READ_WAIT_S` at most; then (or
+        where waiting is not allowed) it takes the store's answer as it is."""
+        deadline = time.monotonic() + self._READ_WAIT_S
+        patient = may_wait()
+        while True:
+            with self._lock:
+                lease = self._leases.get(inflight_key)
+                while patient and lease is not None and lease.exchanges and time.monotonic() < deadline:
+                    self._landed.wait(deadline - time.monotonic())
+                    lease = self._leases.get(inflight_key)
+                landed = -1 if lease is None else lease.landed
+            used, inflight = self.store.read(used_keys, inflight_key)
+            with self._lock:
+                now = self._leases.get(inflight_key)
+                settled = now is lease and (now is None or (now.exchanges == 0 and now.landed == landed))
+                if settled or not patient or time.monotonic() >= deadline:
+                    if now is None:
+                        return used, inflight
+                    mine = now.unflushed_total, floor0(inflight - now.granted) + now.inflight
+                    return saturated(used + mine[0]), saturated(mine[1])
 
     def mark_once(self, key: str, ttl_s: int | None) -> bool:
         return self.store.mark_once(key, ttl_s)
@@ -326,10 +357,19 @@ class LeasedCounterStore:
                 lease.granted -= release
                 lease.unflushed_total -= actual
                 out.append((bucket, actual, self._sent_release(lease, release)))
-        for bucket, actual, release in out:
+            lease.exchanges += len(out)
+        for sent, (bucket, actual, release) in enumerate(out):
             sent_at = self._clock()
-            used, inflight = self.store.settle_and_read(bucket, key, release, actual, ttl_s, used_keys, self.holder)
+            try:
+                used, inflight = self.store.settle_and_read(bucket, key, release, actual, ttl_s, used_keys,
+                                                            self.holder)
+            except BaseException:
+                with self._lock:
+                    for _ in out[sent:]:
+                        self._land(lease)
+                raise
             with self._lock:
+                self._land(lease)
                 if lease.granted != ZERO:  # the store renewed what it holds of the lease
                     lease.valid_until = sent_at + LOCAL_SHARE * self.holder.ttl_s
                 lease.seen_used = used
@@ -351,7 +391,7 @@ class LeasedCounterStore:
                         return
                     # Until its answer is in, a call that misses waits for it rather than asking beside
                     # it: the store counts this grant in flight, and the call would take it for others'.
-                    flight = lease.flight = threading.Event()
+                    flight = self._send(lease)
                     used_keys, limit, ttl_s = lease.used_keys, lease.limit, lease.ttl_s
                     break
             # A call is asking the store for this lease: what to hand back or top up depends on its answer.
@@ -416,6 +456,7 @@ class LeasedCounterStore:
         """The leases are the parent's (it writes their usage and hands them back); the child starts empty.
         The store under it resets its own state."""
         self._lock = threading.Lock()
+        self._landed = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None
