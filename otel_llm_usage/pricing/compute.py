@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
@@ -57,6 +57,7 @@ __all__ = [
     "flat_rates",
     "has_cache_price",
     "is_batch",
+    "linear_cost",
     "price_buckets",
     "rates_for",
     "split_tokens",
@@ -344,6 +345,17 @@ def flat_rates(entry: PriceEntry) -> tuple[Decimal, Decimal] | None:
         return None
     rates = compiled.tiers[0].rates
     return rates.input, ZERO if entry.kind == "embedding" else rates.output
+
+
+def linear_cost(entry: PriceEntry) -> Callable[[TokenUsage], Decimal] | None:
+    """``tokens -> cost``, the very :func:`compute_cost` of ``entry`` for any tokens and time and any
+    request but a batch one (:func:`is_batch`; the entry's ``batch_discount`` applies to those), when
+    nothing else changes it (one tier, no time windows or thinking price; not free); else ``None``."""
+    compiled = _compiled(entry)
+    tiers = compiled.tiers
+    if compiled.free or tiers is None or len(tiers) != 1 or compiled.windows or tiers[0].thinking is not None:
+        return None
+    return tiers[0].plain.cost
 
 
 def compute_cost(entry: PriceEntry, tokens: TokenUsage, request_params: Mapping[str, Any] | None = None, *,

@@ -23,12 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._bounded import BoundedSet
 from ..usage import TokenUsage, UsageRecord
 from .catalog import PriceCatalog, Resolution, canonical_provider, display_price
-from .compute import DECIMAL_CONTEXT, compute_cost, has_cache_price
+from .compute import DECIMAL_CONTEXT, compute_cost, has_cache_price, is_batch, linear_cost
 from .hosts import price_region
 from .hourly import HourlyBilling
 from .models import PriceEntry, PricingSettings
@@ -37,6 +37,23 @@ from .volume import VolumeMeter
 __all__ = ["CostConverter", "PricingStage", "convert_currency"]
 
 logger = logging.getLogger("otel_llm_usage.pricing")
+
+_LINEAR_MAX = 4096
+
+
+class _Linear(NamedTuple):
+    cost_of: Callable[[TokenUsage], Decimal]
+    currency: str
+    price_source: str | None
+    cache_priced: bool
+    batch_discounted: bool
+
+
+def _quick_key(record: UsageRecord, params: dict[str, Any]) -> tuple[str | None, ...]:
+    region = params.get("region")
+    return (record.provider, record.request_model, record.response_model, record.server_address,
+            region if isinstance(region, str) else None)
+
 
 def _rate_pair(from_ccy: str, to_ccy: str, reporting_currency: str,
                exchange_rates: dict[str, Decimal]) -> tuple[Decimal, Decimal] | None:
@@ -110,6 +127,9 @@ class PricingStage:
         self._volume: dict[tuple[str | None, str | None, str], VolumeMeter] = {}
         self._lock = threading.Lock()
         self._rate_pairs: dict[tuple[str, str], tuple[Decimal, Decimal] | None] = {}
+        #: (provider, request model, response model, host, region) -> how its calls were priced, for
+        #: entries whose cost is the tokens' alone (see ``_quick``)
+        self._linear: dict[tuple[str | None, ...], _Linear] = {}
 
     # -- public API -----------------------------------------------------------------
 
@@ -140,6 +160,8 @@ class PricingStage:
     # -- internals ------------------------------------------------------------------
 
     def _process(self, record: UsageRecord) -> None:
+        if self._quick(record):
+            return
         record.cost = None
         record.currency = None
         record.price_source = None
@@ -183,10 +205,35 @@ class PricingStage:
         if source is not None and source not in self.used_catalogs:
             with self._lock:
                 self.used_catalogs.add(source)
+        if record.status != "blocked" and not self.hourly.configured:
+            cost_of = linear_cost(entry)
+            if cost_of is not None:
+                if len(self._linear) >= _LINEAR_MAX:
+                    self._linear.clear()
+                self._linear[_quick_key(record, params)] = _Linear(cost_of, currency, resolution.price_source,
+                                                                   has_cache_price(entry),
+                                                                   entry.batch_discount is not None)
         if tokens.cached_input_tokens > 0 and not has_cache_price(entry):
             self._once(("nocache", str(entry.provider), entry.model), logging.INFO,
                        "%s/%s has no cache-hit price in its catalog: its cached input tokens are billed at the "
                        "full input price", str(entry.provider), entry.model)
+
+    def _quick(self, record: UsageRecord) -> bool:
+        """Price ``record`` as the last call of its model and host was, when that entry's cost is the
+        tokens' alone; ``False`` for anything else (the full path decides). The span of every call
+        waits for its price: resolving names, hourly meters and the general arithmetic again each time
+        cost the calling thread ~15 us of a ~140 us instrumented embedding call, measured."""
+        params = record.request_params
+        linear = self._linear.get(_quick_key(record, params)) if isinstance(params, dict) else None
+        tokens = record.tokens
+        if linear is None or record.status == "blocked" or type(tokens) is not TokenUsage or \
+                (tokens.cached_input_tokens > 0 and not linear.cache_priced) or \
+                (linear.batch_discounted and is_batch(params)):
+            return False
+        record.cost = linear.cost_of(tokens)
+        record.currency = linear.currency
+        record.price_source = linear.price_source
+        return True
 
     def _resolve(self, record: UsageRecord, names: list[str], params: dict[str, Any]) -> Resolution:
         region = params.get("region")

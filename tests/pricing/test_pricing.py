@@ -615,3 +615,33 @@ def test_flat_rates_only_for_prices_linear_in_tokens() -> None:
     assert flat_rates(thinking) is None
     discounted = make_entry(provider="x", model="batchable", input="1", output="2", batch_discount="0.5")
     assert flat_rates(discounted) == (Decimal("1"), Decimal("2"))  # undiscounted: an upper bound
+
+
+@settings(max_examples=600, database=None, deadline=None)
+@given(entry=st.sampled_from(PRICEABLE), inp=st.integers(0, 1_200_000), cached_frac=st.floats(0, 1),
+       out=st.integers(0, 200_000), reasoning=st.integers(0, 200_000), batch=st.booleans(),
+       thinking=st.sampled_from([None, True, False]), at=st.floats(1.7e9, 1.9e9),
+       status=st.sampled_from(["ok", "error", "blocked"]))
+def test_a_model_priced_before_is_priced_as_the_rules_say(
+    entry: PriceEntry, inp: int, cached_frac: float, out: int, reasoning: int, batch: bool, thinking: bool | None,
+    at: float, status: str,
+) -> None:
+    """The stage remembers how a model and host were priced and prices its next calls from that
+    (the calling thread waits for it); whatever the next call's tokens, batch flag, thinking mode,
+    time or status, its cost is compute_cost's, exponent included."""
+    stage = PricingStage(PriceCatalog(bundled=[entry]), PricingSettings())
+    assert entry.provider is not None
+    first = rec(entry.provider, entry.model, tok(1000, 10), timestamp=1.8e9)
+    stage.process(first)
+    if first.cost is None or (entry.volume is not None and not entry.tiers and entry.input is None):
+        return  # not priced by model name alone, or priced by a VolumeMeter (period state)
+    params: dict[str, Any] = {"batch": batch}
+    if thinking is not None:
+        params["enable_thinking"] = thinking
+    cached = int(inp * cached_frac)
+    tokens = tok(inp, out, cached=cached, reasoning=min(reasoning, out))
+    record = rec(entry.provider, entry.model, tokens, request_params=params, timestamp=at, status=status)
+    stage.process(record)
+    expected = Decimal(0) if status == "blocked" else compute_cost(entry, tokens, params, at=at)
+    assert (str(record.cost), record.currency, record.price_source) == \
+        (str(expected), first.currency, first.price_source)
