@@ -41,7 +41,7 @@ logger = logging.getLogger("otel_llm_usage.pricing")
 _LINEAR_MAX = 4096
 
 
-class _Linear(NamedTuple):
+class _Priced(NamedTuple):
     cost_of: Callable[[TokenUsage], Decimal]
     currency: str
     price_source: str | None
@@ -129,7 +129,7 @@ class PricingStage:
         self._rate_pairs: dict[tuple[str, str], tuple[Decimal, Decimal] | None] = {}
         #: (provider, request model, response model, host, region) -> how its calls were priced, for
         #: entries whose cost is the tokens' alone (see ``_quick``)
-        self._linear: dict[tuple[str | None, ...], _Linear] = {}
+        self._linear: dict[tuple[str | None, ...], _Priced] = {}
 
     # -- public API -----------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class PricingStage:
             if cost_of is not None:
                 if len(self._linear) >= _LINEAR_MAX:
                     self._linear.clear()
-                self._linear[_quick_key(record, params)] = _Linear(cost_of, currency, resolution.price_source,
+                self._linear[_quick_key(record, params)] = _Priced(cost_of, currency, resolution.price_source,
                                                                    has_cache_price(entry),
                                                                    entry.batch_discount is not None)
         if tokens.cached_input_tokens > 0 and not has_cache_price(entry):
