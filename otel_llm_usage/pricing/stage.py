@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from .._bounded import BoundedSet
+from .._bounded import BoundedDict, BoundedSet
 from ..usage import TokenUsage, UsageRecord
 from .catalog import PriceCatalog, Resolution, canonical_provider, display_price
 from .compute import DECIMAL_CONTEXT, compute_cost, has_cache_price, is_batch, linear_cost
@@ -37,9 +37,6 @@ from .volume import VolumeMeter
 __all__ = ["CostConverter", "PricingStage", "convert_currency"]
 
 logger = logging.getLogger("otel_llm_usage.pricing")
-
-_LINEAR_MAX = 4096
-
 
 class _Priced(NamedTuple):
     cost_of: Callable[[TokenUsage], Decimal]
@@ -129,7 +126,7 @@ class PricingStage:
         self._rate_pairs: dict[tuple[str, str], tuple[Decimal, Decimal] | None] = {}
         #: (provider, request model, response model, host, region) -> how its calls were priced, for
         #: entries whose cost is the tokens' alone (see ``_quick``)
-        self._linear: dict[tuple[str | None, ...], _Priced] = {}
+        self._priced: BoundedDict[tuple[str | None, ...], _Priced] = BoundedDict(4096)
 
     # -- public API -----------------------------------------------------------------
 
@@ -208,11 +205,9 @@ class PricingStage:
         if record.status != "blocked" and not self.hourly.configured:
             cost_of = linear_cost(entry)
             if cost_of is not None:
-                if len(self._linear) >= _LINEAR_MAX:
-                    self._linear.clear()
-                self._linear[_quick_key(record, params)] = _Priced(cost_of, currency, resolution.price_source,
-                                                                   has_cache_price(entry),
-                                                                   entry.batch_discount is not None)
+                self._priced.put(_quick_key(record, params), _Priced(cost_of, currency, resolution.price_source,
+                                                                     has_cache_price(entry),
+                                                                     entry.batch_discount is not None))
         if tokens.cached_input_tokens > 0 and not has_cache_price(entry):
             self._once(("nocache", str(entry.provider), entry.model), logging.INFO,
                        "%s/%s has no cache-hit price in its catalog: its cached input tokens are billed at the "
@@ -224,15 +219,15 @@ class PricingStage:
         waits for its price: resolving names, hourly meters and the general arithmetic again each time
         cost the calling thread ~15 us of a ~140 us instrumented embedding call, measured."""
         params = record.request_params
-        linear = self._linear.get(_quick_key(record, params)) if isinstance(params, dict) else None
+        priced = self._priced.get(_quick_key(record, params)) if isinstance(params, dict) else None
         tokens = record.tokens
-        if linear is None or record.status == "blocked" or type(tokens) is not TokenUsage or \
-                (tokens.cached_input_tokens > 0 and not linear.cache_priced) or \
-                (linear.batch_discounted and is_batch(params)):
+        if priced is None or record.status == "blocked" or type(tokens) is not TokenUsage or \
+                (tokens.cached_input_tokens > 0 and not priced.cache_priced) or \
+                (priced.batch_discounted and is_batch(params)):
             return False
-        record.cost = linear.cost_of(tokens)
-        record.currency = linear.currency
-        record.price_source = linear.price_source
+        record.cost = priced.cost_of(tokens)
+        record.currency = priced.currency
+        record.price_source = priced.price_source
         return True
 
     def _resolve(self, record: UsageRecord, names: list[str], params: dict[str, Any]) -> Resolution:
