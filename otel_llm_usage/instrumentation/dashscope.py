@@ -143,6 +143,9 @@ class DashScopeAdapter:
             value = option(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 span_attrs[attr] = float(value)
+        dimension = option("dimension")
+        if isinstance(dimension, int) and not isinstance(dimension, bool):
+            span_attrs[N.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] = dimension
         max_tokens = safe_int(option("max_tokens"))
         # An application's first argument is its id, not a model; its models come back in usage.
         model = None if _is_app(instance) else kwargs.get("model", args[0] if args else None)

@@ -247,7 +247,8 @@ class Invocation:
         attrs: dict[str, Any] = {N.ATTR_USAGE_SOURCE: rec.usage_source}
         if rec.usage_source != "none":
             attrs[N.GEN_AI_USAGE_INPUT_TOKENS] = t.input_tokens
-            attrs[N.GEN_AI_USAGE_OUTPUT_TOKENS] = t.output_tokens
+            if rec.operation != N.OP_EMBEDDINGS:  # semconv's embeddings span counts input tokens only
+                attrs[N.GEN_AI_USAGE_OUTPUT_TOKENS] = t.output_tokens
             put_present(attrs, ((N.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, t.cached_input_tokens),
                                 (N.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, t.cache_write_tokens),
                                 (N.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, t.reasoning_tokens)))

@@ -65,7 +65,9 @@ _STREAM_USAGE_OPS = (N.OP_CHAT, N.OP_TEXT_COMPLETION)
 
 
 # Request body keys that carry none of the options request_info reads.
-_PLAIN_KEYS = frozenset({"model", "messages", "input", "prompt", "instructions", "stream", "stream_options"})
+# The SDK sends ``encoding_format`` on every embeddings request (base64 unless told otherwise).
+_PLAIN_KEYS = frozenset({"model", "messages", "input", "prompt", "instructions", "stream", "stream_options",
+                         "encoding_format"})
 
 
 def _given(value: Any) -> bool:
@@ -189,6 +191,9 @@ class OpenAIAdapter:
             if _kw(body, "service_tier") == "flex":
                 params["service_tier"] = "flex"
             user = _kw(body, "user")
+            dimensions = _kw(body, "dimensions")
+            if isinstance(dimensions, int) and not isinstance(dimensions, bool):
+                span_attrs[N.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] = dimensions
         if self.capture_content:
             captured = self._capture(body.get("messages") if _given(body.get("messages")) else
                                      _kw(body, "input") or _kw(body, "prompt"))

@@ -136,7 +136,10 @@ def _assert_one_call(otel: Any, operation: str, model: str, inp: int, out: int, 
     assert attrs["gen_ai.operation.name"] == operation
     assert attrs["gen_ai.request.model"] == model
     assert attrs["gen_ai.usage.input_tokens"] == inp
-    assert attrs["gen_ai.usage.output_tokens"] == out
+    if operation == "embeddings":
+        assert "gen_ai.usage.output_tokens" not in attrs  # semconv's embeddings span counts input only
+    else:
+        assert attrs["gen_ai.usage.output_tokens"] == out
     assert attrs["server.address"] == "127.0.0.1"
     assert isinstance(attrs["server.port"], int)
     assert attrs["user.id"] == "u-42"
@@ -184,6 +187,23 @@ def test_v2_client_surface(otel, mode, call, operation, model, inp, out):
             result = v2_async(otel.server, acall)
     assert result
     _assert_one_call(otel, operation, model, inp, out, False)
+
+
+@pytest.mark.parametrize("surface", ["classic", "v2-sync", "v2-async"])
+def test_embedding_dimension_asked_for_reaches_the_span(ds, surface):
+    if surface == "classic":
+        result = dashscope.TextEmbedding.call(model="text-embedding-v3", input=EMBED_INPUT, dimension=512)
+    elif surface == "v2-sync":
+        with client(ds.server) as c:
+            result = c.embeddings.create(model="text-embedding-v3", input=EMBED_INPUT, dimension=512)
+    else:
+        result = v2_async(ds.server, lambda c: c.embeddings.create(model="text-embedding-v3", input=EMBED_INPUT,
+                                                                     dimension=512))
+    assert result
+    (record,) = ds.records()
+    assert (record.usage_source, record.tokens.input_tokens, record.tokens.output_tokens) == ("reported", 4, 0)
+    (span,) = ds.spans()
+    assert span.attributes["gen_ai.embeddings.dimension.count"] == 512
 
 
 # --- applications: one record per model --------------------------------------------------------

@@ -286,7 +286,12 @@ def test_surface_records_span_record_and_counters(otel, mode, sync_fn, async_fn,
     assert attrs["gen_ai.request.model"] == model
     assert isinstance(attrs["gen_ai.response.model"], str)
     assert attrs["gen_ai.usage.input_tokens"] == inp
-    assert isinstance(attrs["gen_ai.usage.output_tokens"], int)
+    if operation == "embeddings":
+        # Semconv's embeddings span has input tokens only; an embedding produces no output tokens.
+        assert "gen_ai.usage.output_tokens" not in attrs
+        assert "gen_ai.embeddings.dimension.count" not in attrs  # not asked for, and the plugin does not guess
+    else:
+        assert isinstance(attrs["gen_ai.usage.output_tokens"], int)
     assert attrs["server.address"] == "127.0.0.1"
     assert isinstance(attrs["server.port"], int)
     assert attrs["user.id"] == "u-42"
@@ -391,3 +396,21 @@ def test_responses_stream_helper_left_early_records_once(otel):
         next(iter(s))
     (record,) = otel.records()
     assert record.streamed
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_embeddings_dimensions_asked_for_reach_the_span(otel, mode):
+    def sync_fn(c: Any) -> Any:
+        return c.embeddings.create(model="text-embedding-3-small", input="one two three", dimensions=256)
+
+    async def async_fn(c: Any) -> Any:
+        return await c.embeddings.create(model="text-embedding-3-small", input="one two three", dimensions=256)
+
+    run(mode, otel.server, sync_fn, async_fn)
+    (record,) = otel.records()
+    assert (record.usage_source, record.tokens.input_tokens, record.tokens.output_tokens) == ("reported", 3, 0)
+    (span,) = otel.spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.embeddings.dimension.count"] == 256
+    assert attrs["gen_ai.usage.input_tokens"] == 3
+    assert "gen_ai.usage.output_tokens" not in attrs

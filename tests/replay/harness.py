@@ -374,7 +374,9 @@ def _check_span(truth: _Truth, span: Any, problems: list[str]) -> None:
         # An estimate is the product's own number: the span must carry the record's (checked above).
         of = " (the record's estimate)" if exp.usage_source == "estimated" else ""
         facts[f"gen_ai.usage.input_tokens{of}"] = (tokens.input, attrs.get("gen_ai.usage.input_tokens"))
-        facts[f"gen_ai.usage.output_tokens{of}"] = (tokens.output, attrs.get("gen_ai.usage.output_tokens"))
+        # Semconv's embeddings span counts input tokens only.
+        out = None if exp.operation == "embeddings" else tokens.output
+        facts[f"gen_ai.usage.output_tokens{of}"] = (out, attrs.get("gen_ai.usage.output_tokens"))
         # Zero counts are left off the span (README: "where non-zero").
         facts["gen_ai.usage.cache_read.input_tokens"] = (tokens.cached or None,
                                                          attrs.get("gen_ai.usage.cache_read.input_tokens"))
