@@ -153,6 +153,10 @@ def _first_count(*values: Any) -> int | None:
     return None
 
 
+# Usage that holds these alone (embeddings, chat without details) has no cached or reasoning parts.
+_COUNT_FIELDS = frozenset({"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "total_tokens"})
+
+
 def normalize_usage(usage: Any) -> TokenUsage | None:
     """Normalize any OpenAI-style or DashScope-style usage object; ``None`` if nothing usable.
 
@@ -162,7 +166,8 @@ def normalize_usage(usage: Any) -> TokenUsage | None:
     """
     if usage is None:
         return None
-    get = fields_of(usage).get
+    fields = fields_of(usage)
+    get = fields.get
     inp = _first_count(get("prompt_tokens"), get("input_tokens"))
     out = _first_count(get("completion_tokens"), get("output_tokens"))
     total = safe_int(get("total_tokens"))
@@ -176,6 +181,8 @@ def normalize_usage(usage: Any) -> TokenUsage | None:
     if out == 0 and total is not None and total > inp and get("completion_tokens") is None \
             and get("output_tokens") is None:
         out = total - inp
+    if type(fields) is dict and _COUNT_FIELDS.issuperset(fields):
+        return TokenUsage(input_tokens=inp, output_tokens=out)  # no parts to read or clamp
 
     prompt = fields_of(get("prompt_tokens_details")).get
     inputs = fields_of(get("input_tokens_details")).get

@@ -149,7 +149,7 @@ class PricingStage:
         try:
             self._process(record)
         except Exception:
-            logger.debug("could not price record %s", getattr(record, "record_id", "?"), exc_info=True)
+            logger.debug("could not price record %s", record.record_id, exc_info=True)
             record.cost = None
             record.currency = None
             record.price_source = None

@@ -45,13 +45,14 @@ class _Sums:
         self._lock = threading.Lock()
         self._max_series = max_series
 
-    def add(self, key: tuple[Any, ...], attrs: dict[str, Any], amount: float) -> None:
+    def add(self, key: tuple[Any, ...], amount: float, attrs: Callable[[], dict[str, Any]]) -> None:
+        """Add ``amount`` to the series ``key``; ``attrs()`` builds its attributes the first time only."""
         with self._lock:
             cell = self._cells.get(key)
             if cell is not None:
                 cell[1] += amount
             elif len(self._cells) < self._max_series:
-                self._cells[key] = [attrs, amount]
+                self._cells[key] = [attrs(), amount]
             else:  # past the series cap everything lands in one overflow series, never dropped
                 over = self._cells.setdefault(("__overflow__",), [{"otel.metric.overflow": True}, 0])
                 over[1] += amount
@@ -107,7 +108,6 @@ class Telemetry:
             N.METRIC_INTERNAL_ERRORS, description="Faults inside otel-llm-usage (the host call was unaffected)."
         )
         self.meter = meter
-        self._attr_cache: BoundedDict[tuple[Any, ...], dict[str, Any]] = BoundedDict(_ATTR_CACHE_MAX)
         self._label_cache: BoundedDict[tuple[Any, ...], tuple[dict[str, Any], tuple[Any, ...]]] = \
             BoundedDict(_LABEL_CACHE_MAX)
         self._semconv_cache: BoundedDict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = \
@@ -150,24 +150,16 @@ class Telemetry:
         raw = (record.provider, record.model, record.function, record.user, record.session, record.anchor)
         return self._label_cache.memo(raw, build)
 
-    def _cached(self, key: tuple[Any, ...], build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        # Reusing attribute dicts avoids per-call dict churn on the hot path.
-        return self._attr_cache.memo(key, build)
-
     def record(self, record: UsageRecord) -> None:
         base, base_key = self._labels_of(record)
-        key = ("req", *base_key, record.status, record.error_type)
-        self.requests.add(key, self._cached(
-            key, lambda: {**base, "status": record.status, "error_type": record.error_type or "none"}), 1)
+        self.requests.add((*base_key, record.status, record.error_type), 1,
+                          lambda: {**base, "status": record.status, "error_type": record.error_type or "none"})
         for token_type, count in billable_breakdown(record.tokens).items():
             if count > 0:
-                key = ("tok", *base_key, token_type)
-                attrs = self._cached(key, partial(dict, base, token_type=token_type))
-                self.tokens.add(key, attrs, count)
+                self.tokens.add((*base_key, token_type), count, partial(dict, base, token_type=token_type))
         if record.cost is not None:
             currency = record.currency or "unknown"
-            key = ("cost", *base_key, currency)
-            self.cost.add(key, self._cached(key, lambda: {**base, "currency": currency}), float(record.cost))
+            self.cost.add((*base_key, currency), float(record.cost), lambda: {**base, "currency": currency})
         elif record.status != "blocked":
             self.unpriced.add(1, {"provider": record.provider, "model": self.labels.value("model", record.model)})
         self._record_semconv(record)

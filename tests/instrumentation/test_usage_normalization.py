@@ -103,3 +103,15 @@ def test_count_text_counts_cjk_like_its_definition(text: str) -> None:
     from otel_llm_usage.usage import count_text
 
     assert count_text(text) == _count_by_definition(text)
+
+
+_COUNTS = ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "total_tokens")
+
+
+@given(st.dictionaries(st.sampled_from(_COUNTS), counts))
+def test_usage_of_counts_only_reads_as_any_other_shape_of_it(usage):
+    """Plain dicts and SDK models of counts alone (embeddings, most chat calls) take a shorter path;
+    any other mapping takes the general one, and both must read the same numbers."""
+    from types import MappingProxyType
+
+    assert normalize_usage(usage) == normalize_usage(MappingProxyType(usage))
