@@ -84,8 +84,7 @@ def get_budget_status() -> list[dict[str, object]]:
     from .runtime.core import active_runtime
 
     runtime = active_runtime(create=False)
-    status = getattr(runtime, "budget_status", None) if runtime is not None else None
-    return list(status()) if callable(status) else []
+    return [dict(row) for row in runtime.budget_status()] if runtime is not None else []
 
 
 def start_model(model: str) -> None:

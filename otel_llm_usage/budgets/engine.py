@@ -29,7 +29,7 @@ from .._blocking import WouldBlock, may_wait
 from .._bounded import BoundedDict, BoundedSet
 from ..errors import BudgetExceeded
 from ..ledger.base import Amount, CounterStore, to_nanos
-from ..runtime.pipeline import CallIntent
+from ..runtime.pipeline import CallIntent, PreCallStage
 from ..usage import TokenUsage, UsageRecord
 from .bypass import bypassed
 from .config import BudgetConfig
@@ -64,7 +64,7 @@ class _Crossing:
     mark: str
 
 
-class BudgetEngine:
+class BudgetEngine(PreCallStage):
     """Admission before a call (a pre-call stage) and settlement after it (a pipeline stage).
 
     ``settle_pending`` settles records whose settlement is still queued (the pipeline's deferred

@@ -104,7 +104,7 @@ def open_stores(cfg: Config) -> Iterator[tuple[RecordStore, CounterStore]]:
         yield records, counters
     except sqlite3.Error as exc:
         # Locked, unreadable or unwritable file: one line naming it, not a traceback.
-        reason = getattr(records, "unwritable", None) or str(exc)
+        reason = records.unwritable or str(exc)
         fail(f"ledger {cfg.ledger}: cannot read it ({reason})")
     finally:
         for store in (records, counters):

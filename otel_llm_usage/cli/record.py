@@ -55,8 +55,7 @@ def submit_records(cfg: Config, entries: list[dict[str, Any]]) -> list[UsageReco
     runtime = build_runtime(cfg)
     try:
         records = [record_usage(**entry) for entry in entries]
-        flush = getattr(runtime.ledger, "flush", None)
-        if flush is not None and not flush(timeout=30):
+        if not runtime.flush_ledger(30):
             C.fail(f"the ledger {cfg.ledger} did not accept the record within 30 s (is it reachable?)")
     finally:
         clear_runtime(runtime)

@@ -69,6 +69,7 @@ from .._blocking import WouldBlock, may_wait
 from .._fork import reset_after_fork
 from .._guard import internal_error
 from .._pacing import Pacer
+from ..runtime.pipeline import Stage
 from ..usage import UsageRecord
 from .base import RecordStore, no_pause
 
@@ -326,7 +327,7 @@ def _shutdown(state: _State, timeout: float) -> None:
         internal_error("ledger.writer.close", exc)
 
 
-class LedgerWriter:
+class LedgerWriter(Stage):
     """A pipeline stage that hands records to a :class:`~otel_llm_usage.ledger.base.RecordStore` in
     batches on a daemon thread. It does not close the store: whoever opened it does."""
 

@@ -43,7 +43,7 @@ from ..pricing import PriceEntry, PricingStage
 from ..pricing.stage import CostConverter
 from ..telemetry import Telemetry, register_budget_gauges, register_lease_metrics, register_store_metrics
 from ..usage import TokenUsage, UsageRecord
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Stage
 from .plan import plan_stages
 
 __all__ = ["Runtime", "active_runtime", "build_runtime"]
@@ -53,7 +53,7 @@ __all__ = ["Runtime", "active_runtime", "build_runtime"]
 _CALLER_WAIT_S = 0.1
 
 
-class TelemetryStage:
+class TelemetryStage(Stage):
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
 
@@ -61,7 +61,7 @@ class TelemetryStage:
         self.telemetry.record(record)
 
 
-class PricingStep:
+class PricingStep(Stage):
     """Prices a record once: the lifecycle prices before the span ends, manual records here."""
 
     def __init__(self, stage: PricingStage) -> None:
@@ -77,7 +77,7 @@ class PricingStep:
             internal_error("pricing", exc)
 
 
-class _RestartAfterFork:
+class _RestartAfterFork(Stage):
     """First pipeline stage of a forked child until its first record: restarts the budget refresh
     thread there (lazily, so a child that never makes a call never starts a thread), then leaves."""
 

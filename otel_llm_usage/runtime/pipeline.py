@@ -54,7 +54,6 @@ from asyncio import AbstractEventLoop
 from asyncio.events import _get_running_loop  # the loop of this thread or None, without raising
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 from .._blocking import WouldBlock, no_waiting
 from .._fork import reset_after_fork
@@ -66,9 +65,17 @@ from ..usage import UsageRecord
 __all__ = ["CallIntent", "Pipeline", "PreCallStage", "Stage"]
 
 
-@runtime_checkable
-class Stage(Protocol):
-    def process(self, record: UsageRecord) -> None: ...
+class Stage:
+    """A step every record goes through, in the pipeline's order (``plan_stages`` says which runs where)."""
+
+    __slots__ = ()
+
+    def process(self, record: UsageRecord) -> None:
+        raise NotImplementedError
+
+    def close(self) -> object:
+        """At shutdown, after the last record: let go of what the stage holds (most hold nothing)."""
+        return None
 
 
 class CallIntent:
@@ -94,11 +101,19 @@ class CallIntent:
         return self._input_tokens
 
 
-@runtime_checkable
-class PreCallStage(Protocol):
+class PreCallStage(Stage):
+    """A stage that also sees each call before it is sent (budgets, which can refuse or downgrade it)."""
+
+    __slots__ = ()
+
+    @property
+    def wants_pre_call(self) -> bool:
+        """``False`` while nothing it holds can act before a call (e.g. alert-only budgets)."""
+        return True
+
     def before_call(self, intent: CallIntent) -> str | None:
         """Raise ``BudgetExceeded`` to block, return a model name to downgrade, else ``None``."""
-        ...
+        raise NotImplementedError
 
 
 _POLL_S = 0.5  # the worker takes queued records at least this often (what a reader does not drain first)
@@ -338,15 +353,14 @@ class Pipeline:
     def _pre_call_stages(self) -> list[PreCallStage]:
         """Stages that want to see calls before they are sent (budgets that can refuse).
 
-        Cached: ``isinstance`` against a runtime-checkable Protocol inspects every member
-        and would cost microseconds per stage on every call. The key notices the list
-        being replaced or grown from outside (the fork hook, tests).
+        Cached, as ``wants_pre_call`` may do work; the key notices the list being replaced
+        or grown from outside (the fork hook, tests).
         """
         key = (id(self.stages), len(self.stages) + len(self._deferred.stages))
         cache = self._pre_call_cache
         if cache is None or cache[:2] != key:
             found: list[PreCallStage] = [s for s in self.all_stages
-                                         if isinstance(s, PreCallStage) and getattr(s, "wants_pre_call", True)]
+                                         if isinstance(s, PreCallStage) and s.wants_pre_call]
             cache = (key[0], key[1], found)
             self._pre_call_cache = cache
         return cache[2]
@@ -387,9 +401,7 @@ class Pipeline:
         self._finalizer.detach()
         _stop_deferred(self._deferred)
         for stage in self.all_stages:
-            close = getattr(stage, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception as exc:
-                    internal_error(f"stage:{type(stage).__name__}.close", exc)
+            try:
+                stage.close()
+            except Exception as exc:
+                internal_error(f"stage:{type(stage).__name__}.close", exc)

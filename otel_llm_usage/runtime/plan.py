@@ -14,7 +14,7 @@ from .pipeline import Stage
 __all__ = ["InlineLedger", "StagePlan", "plan_stages"]
 
 
-class InlineLedger:
+class InlineLedger(Stage):
     """The ledger stage of a store whose writes do not wait (memory): appended on the worker."""
 
     def __init__(self, store: RecordStore) -> None:
@@ -25,9 +25,6 @@ class InlineLedger:
 
     def flush(self, timeout: float | None = None) -> bool:
         return True  # appended as they arrive
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,12 @@ import openai
 import pytest
 
 from otel_llm_usage import record_usage, usage_context
+from otel_llm_usage.runtime.pipeline import Stage
 
 MSG = [{"role": "user", "content": "one two three four"}]
 
 
-class BrokenStage:
+class BrokenStage(Stage):
     """A real pipeline stage with a bug: it raises on every record."""
 
     def process(self, record):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from otel_llm_usage.ledger import RecordQuery, SqliteRecordStore
-from otel_llm_usage.runtime.pipeline import Pipeline
+from otel_llm_usage.runtime.pipeline import Pipeline, Stage
 from otel_llm_usage.usage import UsageRecord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def record(n: int = 0) -> UsageRecord:
     return UsageRecord(provider="openai", operation="chat", request_model=f"m{n}")
 
 
-class Seen:
+class Seen(Stage):
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.records: list[UsageRecord] = []
         self.threads: set[str] = set()
@@ -59,7 +59,7 @@ def test_submit_returns_before_deferred_stages_run_and_drain_catches_up() -> Non
 def test_worker_processes_without_being_asked() -> None:
     done = threading.Event()
 
-    class Signal:
+    class Signal(Stage):
         def process(self, rec: UsageRecord) -> None:
             done.set()
 
@@ -103,7 +103,7 @@ def test_a_full_batch_wakes_the_worker_at_once() -> None:
     done = threading.Event()
     seen = Seen()
 
-    class Last:
+    class Last(Stage):
         def process(self, rec: UsageRecord) -> None:
             if len(seen.records) == pipeline_module._WAKE_AT:
                 done.set()
@@ -119,7 +119,7 @@ def test_a_full_batch_wakes_the_worker_at_once() -> None:
 
 
 def test_a_broken_deferred_stage_does_not_stop_the_next() -> None:
-    class Broken:
+    class Broken(Stage):
         def process(self, rec: UsageRecord) -> None:
             raise RuntimeError("boom")
 
@@ -213,3 +213,28 @@ def test_records_still_queued_at_interpreter_exit_reach_the_ledger(tmp_path: Pat
         store.close()
     assert len(rows) == 3000
     assert sorted(r.tokens.input_tokens for r in rows) == list(range(3000))
+
+
+def test_shutdown_closes_every_stage_after_its_last_record_and_a_failing_close_stops_no_other() -> None:
+    events: list[str] = []
+
+    class Closing(Stage):
+        def __init__(self, name: str, fail: bool = False) -> None:
+            self.name, self.fail = name, fail
+
+        def process(self, rec: UsageRecord) -> None:
+            events.append(f"{self.name}:{rec.request_model}")
+
+        def close(self) -> None:
+            events.append(f"{self.name}:closed")
+            if self.fail:
+                raise RuntimeError("close failed")
+
+    class Quiet(Stage):  # holds nothing: the base class's close is enough
+        def process(self, rec: UsageRecord) -> None:
+            events.append(f"quiet:{rec.request_model}")
+
+    pipeline = Pipeline([Closing("inline", fail=True)], deferred=[Quiet(), Closing("deferred")])
+    pipeline.submit(UsageRecord(provider="openai", operation="chat", request_model="m1"))
+    pipeline.shutdown()
+    assert events == ["inline:m1", "quiet:m1", "deferred:m1", "inline:closed", "deferred:closed"]

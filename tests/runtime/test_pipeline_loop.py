@@ -12,7 +12,7 @@ import pytest
 
 from otel_llm_usage._blocking import WouldBlock, may_wait, no_waiting
 from otel_llm_usage._pacing import SLICE_S
-from otel_llm_usage.runtime.pipeline import Pipeline
+from otel_llm_usage.runtime.pipeline import Pipeline, Stage
 from otel_llm_usage.usage import UsageRecord
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
@@ -22,7 +22,7 @@ def record(n: int) -> UsageRecord:
     return UsageRecord(provider="openai", operation="chat", request_model=f"m{n}")
 
 
-class Seen:
+class Seen(Stage):
     """A deferred stage noting, per record, the thread, whether it could wait, and the caller's context."""
 
     def __init__(self, cost_s: float = 0.0, blocks_on: set[str] | None = None) -> None:
