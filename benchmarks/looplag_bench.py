@@ -109,6 +109,9 @@ class _StepTimer:
         self.cpu: list[int] = []
         #: the plugin's time within each step that had any (see :class:`_PluginClock`)
         self.plugin_steps: list[int] = []
+        #: the plugin's longest hold of one step, (wall ns, the loop thread's CPU ns in it, wall ns by
+        #: method): CPU well below wall means the hold was mostly waiting (for the GIL, or the OS)
+        self.plugin_longest: tuple[int, int, dict[str, int]] = (0, 0, {})
         self.plugin = plugin
         self.recording = False
         #: the longest steps, (wall ns, the plugin's ns in it, what ran), longest first
@@ -130,16 +133,18 @@ class _StepTimer:
                 original(handle)
                 return
             if plugin is not None:
-                plugin.take()
+                plugin.take()  # what ran between steps is no step's
             t0, c0 = clock(), thread_clock()
             original(handle)
             if timer.recording:  # the step that switches recording off is not counted either
                 cpu.append(thread_clock() - c0)
                 wall = clock() - t0
                 steps.append(wall)
-                ours = plugin.take() if plugin is not None else 0
+                ours, ours_cpu, by = plugin.take() if plugin is not None else (0, 0, {})
                 if ours:
                     plugin_steps.append(ours)
+                    if ours > timer.plugin_longest[0]:
+                        timer.plugin_longest = (ours, ours_cpu, by)
                 if len(timer.longest) < _LONGEST or wall > timer.longest[-1][0]:
                     timer._note(wall, ours, handle)
 
@@ -163,24 +168,29 @@ class _PluginClock:
 
     def __init__(self) -> None:
         self.in_step = 0
+        self.in_step_cpu = 0
+        self.by_method: dict[str, int] = {}
         self._undo: list[tuple[type, str, Any]] = []
 
     def install(self, loop_thread: int) -> None:
         from otel_llm_usage.instrumentation.lifecycle import CallHandler
         from otel_llm_usage.runtime.pipeline import _Deferred
 
-        clock, get_ident, plugin = time.perf_counter_ns, threading.get_ident, self
+        clock, cpu, get_ident, plugin = time.perf_counter_ns, time.thread_time_ns, threading.get_ident, self
         for owner, name in ((CallHandler, "begin"), (CallHandler, "finish_result"), (_Deferred, "loop_slice")):
             original = vars(owner)[name]
 
-            def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            def timed(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
                 if get_ident() != loop_thread:
                     return _original(*args, **kwargs)
-                t0 = clock()
+                t0, c0 = clock(), cpu()
                 try:
                     return _original(*args, **kwargs)
                 finally:
-                    plugin.in_step += clock() - t0
+                    spent = clock() - t0
+                    plugin.in_step += spent
+                    plugin.in_step_cpu += cpu() - c0
+                    plugin.by_method[_name] = plugin.by_method.get(_name, 0) + spent
 
             setattr(owner, name, timed)
             self._undo.append((owner, name, original))
@@ -190,8 +200,11 @@ class _PluginClock:
             setattr(owner, name, original)
         self._undo.clear()
 
-    def take(self) -> int:
-        spent, self.in_step = self.in_step, 0
+    def take(self) -> tuple[int, int, dict[str, int]]:
+        """The plugin's (wall, loop-thread CPU, wall by method) ns since the last take."""
+        spent = self.in_step, self.in_step_cpu, self.by_method
+        self.in_step = self.in_step_cpu = 0
+        self.by_method = {}
         return spent
 
 
@@ -270,6 +283,8 @@ def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
             "step_wait": _wait_summary(timer.steps, timer.cpu),
             "steps_over_1ms": sum(1 for d in timer.steps if d > 1_000_000),
             "plugin_in_step": _lag_summary(timer.plugin_steps),
+            "plugin_longest": {"us": timer.plugin_longest[0] / 1e3, "cpu_us": timer.plugin_longest[1] / 1e3,
+                               "by_method_us": {k: v / 1e3 for k, v in timer.plugin_longest[2].items()}},
             "longest_steps": [{"us": wall / 1e3, "plugin_us": ours / 1e3, "what": what}
                               for wall, ours, what in timer.longest],
             "steps_over_slow_reply": sum(1 for d in timer.steps if d >= SLOW_REPLY_S * 1e9), "facts": facts}

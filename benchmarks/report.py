@@ -124,6 +124,10 @@ def _looplag_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         each = ", ".join(f"{k} {us / 1e3:.2f} ms" for k, us in holds.items())
         longest = ours[case].get("longest_steps") or [{}]
         measured = f"{holds[case] / 1e3:.2f} ms ({each})"
+        hold = ours[case].get("plugin_longest", {})
+        if "cpu_us" in hold:
+            parts = ", ".join(f"{k} {us / 1e3:.2f}" for k, us in hold.get("by_method_us", {}).items())
+            measured += f"; the loop thread's CPU in that hold: {hold['cpu_us'] / 1e3:.2f} ms ({parts} ms)"
         if "us" in longest[0]:
             measured += (f"; the longest step of {case}: {longest[0]['us'] / 1e3:.2f} ms, of which the plugin's "
                          f"{longest[0]['plugin_us'] / 1e3:.2f} ms")
