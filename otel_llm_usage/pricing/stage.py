@@ -38,6 +38,7 @@ __all__ = ["CostConverter", "PricingStage", "convert_currency"]
 
 logger = logging.getLogger("otel_llm_usage.pricing")
 
+
 class _Priced(NamedTuple):
     cost_of: Callable[[TokenUsage], Decimal]
     currency: str
@@ -46,10 +47,14 @@ class _Priced(NamedTuple):
     batch_discounted: bool
 
 
-def _quick_key(record: UsageRecord, params: dict[str, Any]) -> tuple[str | None, ...]:
+def _region(params: dict[str, Any]) -> str | None:
+    """The region a request names (``request_params["region"]``), which selects the catalog it is priced from."""
     region = params.get("region")
-    return (record.provider, record.request_model, record.response_model, record.server_address,
-            region if isinstance(region, str) else None)
+    return region if isinstance(region, str) else None
+
+
+def _quick_key(record: UsageRecord, params: dict[str, Any]) -> tuple[str | None, ...]:
+    return record.provider, record.request_model, record.response_model, record.server_address, _region(params)
 
 
 def _rate_pair(from_ccy: str, to_ccy: str, reporting_currency: str,
@@ -231,11 +236,10 @@ class PricingStage:
         return True
 
     def _resolve(self, record: UsageRecord, names: list[str], params: dict[str, Any]) -> Resolution:
-        region = params.get("region")
+        region = _region(params)
         ambiguous: Resolution | None = None
         for name in names:
-            resolution = self.catalog.resolve(record.provider, name, record.server_address,
-                                              region=region if isinstance(region, str) else None)
+            resolution = self.catalog.resolve(record.provider, name, record.server_address, region=region)
             if resolution.entry is not None:
                 return resolution
             ambiguous = ambiguous or (resolution if resolution.candidates else None)
