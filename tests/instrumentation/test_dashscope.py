@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import dashscope
@@ -202,8 +203,11 @@ def test_embedding_dimension_asked_for_reaches_the_span(ds, surface):
     assert result
     (record,) = ds.records()
     assert (record.usage_source, record.tokens.input_tokens, record.tokens.output_tokens) == ("reported", 4, 0)
+    # dashscope-cn.yaml: text-embedding-v3, CNY 0.5 per million input tokens.
+    assert (record.cost, record.currency) == (Decimal("0.5") * 4 / 10**6, "CNY")
     (span,) = ds.spans()
     assert span.attributes["gen_ai.embeddings.dimension.count"] == 512
+    assert span.attributes["llm_usage.cost"] == pytest.approx(0.000002)
 
 
 # --- applications: one record per model --------------------------------------------------------

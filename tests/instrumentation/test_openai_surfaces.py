@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -409,8 +410,11 @@ def test_embeddings_dimensions_asked_for_reach_the_span(otel, mode):
     run(mode, otel.server, sync_fn, async_fn)
     (record,) = otel.records()
     assert (record.usage_source, record.tokens.input_tokens, record.tokens.output_tokens) == ("reported", 3, 0)
+    # openai.yaml: text-embedding-3-small, USD 0.02 per million input tokens.
+    assert (record.cost, record.currency) == (Decimal("0.02") * 3 / 10**6, "USD")
     (span,) = otel.spans()
     attrs = dict(span.attributes or {})
+    assert attrs["llm_usage.cost"] == pytest.approx(0.00000006)
     assert attrs["gen_ai.embeddings.dimension.count"] == 256
     assert attrs["gen_ai.usage.input_tokens"] == 3
     assert "gen_ai.usage.output_tokens" not in attrs
