@@ -81,6 +81,11 @@ class Lease:
         free, grant = self.free(), self.last_grant
         return free.cost_nanos < grant.cost_nanos * fraction or free.tokens < grant.tokens * fraction
 
+    def low_mark(self, fraction: float) -> Amount:
+        """The free part at which a refill is asked for: ``fraction`` of the last grant."""
+        grant = self.last_grant
+        return Amount(int(grant.cost_nanos * fraction), int(grant.tokens * fraction))
+
     def idle(self) -> bool:
         return self.granted == ZERO and self.inflight == ZERO and not self.unflushed
 

@@ -20,9 +20,9 @@ Background work, on one thread (``otel-llm-usage-leases``), every ``flush_interv
   the warn/exceeded thresholds;
 * a lease whose free part fell below ``low_water`` of its last grant is refilled ahead
   of need (``lease`` with nothing required);
-* every ``ttl_s`` a lease in use is re-sized (its free part handed back and a fresh
-  share taken in the same step); one unused for a whole ``ttl_s`` gives its free part
-  back. Calendar windows key their in-flight by window, so the lease of a window that
+* every ``ttl_s`` a lease in use is re-sized (its free part above the low-water mark handed
+  back and a fresh share taken in the same step: the part it keeps admits the process's calls
+  while the request is out); one unused for a whole ``ttl_s`` gives its free part back. Calendar windows key their in-flight by window, so the lease of a window that
   ended goes idle and is returned the same way.
 
 Only a call that its lease cannot cover waits for the store: it hands back the free
@@ -39,7 +39,8 @@ for it. The overshoot bound is the one of per-call reservations, across the flee
 grant is only made below the limit and passes it by less than one reservation, and a
 process only admits within its grants. What leases add is *under*-admission: a call
 may be refused while other processes hold unused leases, by at most the sum of their
-free parts (each at most ``share`` of what remained when it was granted).
+free parts (each at most ``share`` of what remained at its last grant, plus the ``low_water``
+part of the grant before, which a refill or a re-size keeps).
 
 At exit (and on ``flush``) settled usage is written and every free part is handed back,
 so the store's in-flight returns to what calls really hold.
@@ -418,11 +419,18 @@ class LeasedCounterStore:
         when there is nothing to ask the store. The caller holds ``_lock``."""
         if lease.granted != ZERO and now >= lease.valid_until:
             self._lose(lease)
+        if lease.refill and not lease.low(self.low_water):
+            lease.refill = False  # an answer that landed since the call asked for it covered it
         due = final or now >= lease.renew_at
         if not (due or lease.refill or lease.lost):
             return None
         keep = lease.busy and not final
-        release = floor0(lease.free()) if due else ZERO
+        release = ZERO
+        if due:
+            # A lease in use keeps what a refill would leave it while the request is out: handing back
+            # all of its free part made every call of a busy process miss until the answer came (on an
+            # event loop each went to an admission thread, elsewhere each waited for the store).
+            release = floor0(lease.free() - lease.low_mark(self.low_water)) if keep else floor0(lease.free())
         # A lease still held (calls in flight use it) is renewed even with nothing to hand back:
         # the store takes it from a holder it has not heard from.
         if release == ZERO and not keep and not lease.refill and not lease.lost and \
