@@ -25,7 +25,7 @@ record is settled, so the overshoot bound of :mod:`otel_llm_usage.budgets.engine
 is unchanged.
 
 A record submitted on a thread that runs an asyncio event loop is processed on that loop
-instead, in slices of at most :data:`~otel_llm_usage._pacing.SLICE_S` scheduled with
+instead, in slices of at most :data:`~otel_llm_usage._pacing.LOOP_SLICE_S` scheduled with
 ``call_soon`` between the host's own callbacks. A worker thread running beside a loop makes
 the loop wait for the GIL whenever both want it at once (every forced switch waits for the
 worker's next pause, and the wake-up after it is the operating system's to give); a slice on
@@ -58,7 +58,7 @@ from collections.abc import Callable
 from .._blocking import WouldBlock, no_waiting
 from .._fork import reset_after_fork
 from .._guard import internal_error
-from .._pacing import Pacer
+from .._pacing import LOOP_SLICE_S, Pacer
 from ..errors import BudgetExceeded
 from ..usage import UsageRecord
 
@@ -227,7 +227,7 @@ class _Deferred:
             return False
         try:
             pending = self.pending
-            pacer = Pacer()
+            pacer = Pacer(slice_s=LOOP_SLICE_S)
             with no_waiting():
                 while pending and limit != 0:
                     record = pending.popleft()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from otel_llm_usage._blocking import WouldBlock, may_wait, no_waiting
-from otel_llm_usage._pacing import SLICE_S
+from otel_llm_usage._pacing import LOOP_SLICE_S
 from otel_llm_usage.runtime.pipeline import Pipeline, Stage
 from otel_llm_usage.usage import UsageRecord
 
@@ -73,7 +73,7 @@ def test_a_slice_ends_after_its_time_and_lets_the_loops_other_callbacks_run() ->
     cost = 0.0002
     stage = Seen(cost_s=cost)
     pipeline = Pipeline(deferred=[stage], idle_wait=30.0)
-    per_slice = int(SLICE_S / cost) + 1
+    per_slice = int(LOOP_SLICE_S / cost) + 1
     try:
         async def main() -> list[int]:
             for i in range(60):
@@ -87,7 +87,7 @@ def test_a_slice_ends_after_its_time_and_lets_the_loops_other_callbacks_run() ->
         progress = asyncio.run(main())
         steps = [b - a for a, b in zip([0, *progress[:-1]], progress, strict=True)]
         assert sum(steps) == 60
-        assert max(steps) <= per_slice + 1  # one slice per loop turn, each about SLICE_S long
+        assert max(steps) <= per_slice + 1  # one slice per loop turn, each about LOOP_SLICE_S long
         assert len([s for s in steps if s]) >= 60 // (per_slice + 1)
     finally:
         pipeline.shutdown()
