@@ -43,9 +43,12 @@ class Counts:
 # 40 rounds give the per-round bootstrap a useful interval; units per round are about a quarter
 # of what 10 rounds had, so the calls per cell stay as they were. A round costs each worker a
 # fixed ~75 ms (its gc.collect and the pipe) on top: about 15 s more per variant than 10 rounds.
+# A batch of 100 async calls is one ~100 ms unit whose time moved by a third from batch to batch
+# here: with one a round, the same variant in two workers came out 1.06x [0.77-1.47] of itself,
+# with five 0.99x [0.89-1.13] (2026-12-07); five cost ~2 min more a full run.
 FULL = Counts(rounds=40, per_round={
     "chat": 60, "chat_stream_1": 60, "chat_stream_100": 8, "embeddings": 60,
-    "async_chat_100": 1, "chat_loopback": 25, "dashscope": 60, "dashscope_stream_100": 15,
+    "async_chat_100": 5, "chat_loopback": 25, "dashscope": 60, "dashscope_stream_100": 15,
 })
 QUICK = Counts(rounds=2, per_round={
     "chat": 5, "chat_stream_1": 5, "chat_stream_100": 2, "embeddings": 5,
