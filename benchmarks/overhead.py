@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Per-call overhead: every variant in its own worker process, rounds interleaved.
+"""Per-call overhead: every variant in worker processes of its own, rounds interleaved.
 
-One parent drives all workers. A round runs ``n`` units of one surface in
-every worker, one worker at a time (so two cores are never shared between two
-measured variants), and the order of variants rotates each round: drift in CPU
-frequency, page cache or the loopback server hits every variant equally.
-The first round of each surface is a warm-up and is discarded.
+One parent drives all workers. A round runs ``n`` units of one surface in one
+worker of every variant, one worker at a time (so two cores are never shared
+between two measured variants), and the order of variants rotates each round:
+drift in CPU frequency, page cache or the loopback server hits every variant
+equally. A variant has ``Counts.workers`` processes taking turns by round, as
+an interpreter's speed stays with it (see ``FULL``). Each worker's first round
+of a surface is a warm-up and is discarded.
 
 Overhead of a variant = its median − the plain SDK's median on the same surface
 and transport, from all kept samples. Each kept round's median per variant is kept
@@ -34,10 +36,11 @@ __all__ = ["Counts", "OverheadResult", "Worker", "run_overhead"]
 
 @dataclass(frozen=True)
 class Counts:
-    """Units per round for each surface, and the number of kept rounds."""
+    """Units per round for each surface, the number of kept rounds, and worker processes per variant."""
 
     rounds: int
     per_round: dict[str, int]
+    workers: int = 1
 
 
 # 40 rounds give the per-round bootstrap a useful interval; units per round are about a quarter
@@ -46,7 +49,12 @@ class Counts:
 # A batch of 100 async calls is one ~100 ms unit whose time moved by a third from batch to batch
 # here: with one a round, the same variant in two workers came out 1.06x [0.77-1.47] of itself,
 # with five 0.99x [0.89-1.13] (2026-12-07); five cost ~2 min more a full run.
-FULL = Counts(rounds=40, per_round={
+# Three workers per variant, taking turns round by round: one interpreter's speed differs from the
+# next one's of the same code (memory layout, hash seed), by as much as the margins judged here. On
+# the 100-chunk stream the Redis variant in a second worker came out 0.39x and 0.66x of itself
+# (intervals excluding 1, 8 and 24 calls a round), on chat 0.91x [0.75-1.06]: pairing by round
+# cannot cancel what stays with a process.
+FULL = Counts(rounds=40, workers=3, per_round={
     "chat": 60, "chat_stream_1": 60, "chat_stream_100": 8, "embeddings": 60,
     "async_chat_100": 5, "chat_loopback": 25, "dashscope": 60, "dashscope_stream_100": 15,
 })
@@ -119,18 +127,24 @@ def run_overhead(counts: Counts, redis_url: str | None, loopback_url: str | None
                  variants: Sequence[Variant] = VARIANTS, log: Callable[[str], None] = print) -> OverheadResult:
     """Start one worker per available variant, interleave rounds, summarize."""
     started = time.perf_counter()
-    result = OverheadResult(counts={"rounds": counts.rounds, "warmup_rounds": 1, "per_round": counts.per_round})
-    workers: dict[str, Worker] = {}
+    pool_size = max(1, counts.workers)
+    result = OverheadResult(counts={"rounds": counts.rounds, "warmup_rounds": pool_size, "workers": pool_size,
+                                    "per_round": counts.per_round})
+    workers: dict[str, list[Worker]] = {}
     for v in variants:
         reason = availability(v, redis_url)
         facts: dict[str, Any] = {}
-        if reason is None:
+        pool: list[Worker] = []
+        while reason is None and len(pool) < pool_size:
             w = Worker(v.name, redis_url, loopback_url)
-            if w.hello.get("ok"):
-                workers[v.name] = w
-                facts = w.hello.get("facts", {})
-            else:
+            pool.append(w)
+            if not w.hello.get("ok"):
                 reason = str(w.hello.get("error", "set-up failed")).splitlines()[0][:300]
+        if reason is None:
+            workers[v.name] = pool
+            facts = {**pool[0].hello.get("facts", {}), "worker_pids": [w.proc.pid for w in pool]}
+        else:
+            for w in pool:
                 w.close()
         result.variants.append({"name": v.name, "label": v.label, "kind": v.kind, "note": v.note,
                                 "available": reason is None, "reason": reason, "facts": facts,
@@ -145,32 +159,47 @@ def run_overhead(counts: Counts, redis_url: str | None, loopback_url: str | None
             samples: dict[str, list[int]] = {name: [] for name in names}
             round_medians: dict[str, list[float]] = {name: [] for name in names}
             errors: dict[str, str] = {}
-            for rnd in range(counts.rounds + 1):  # round 0 = warm-up
+            # The first round of each worker is its warm-up; then the workers of a variant take turns.
+            for rnd in range(counts.rounds + pool_size):
                 k = rnd % max(1, len(names))
                 for name in names[k:] + names[:k]:
                     if name in errors:
                         continue
-                    reply = workers[name].run(surface, n)
+                    reply = workers[name][rnd % pool_size].run(surface, n)
                     if not reply.get("ok"):
                         errors[name] = str(reply.get("error", "failed"))[:300]
-                    elif rnd > 0:
+                    elif rnd >= pool_size:
                         samples[name].extend(reply["ns"])
                         round_medians[name].append(median(reply["ns"]) / 1e3)
-            result.surfaces[surface] = _summaries(surface, samples, round_medians, errors, variants, by_name)
+            result.surfaces[surface] = _summaries(surface, samples, round_medians, errors, variants, by_name,
+                                                  pool_size)
             log(f"  surface {surface}: done ({time.perf_counter() - started:.0f} s)")
     finally:
         by_variant = {v["name"]: v for v in result.variants}
-        for name, w in workers.items():
-            after = w.close().get("facts")
+        for name, pool in workers.items():
+            ends = [w.close().get("facts") for w in pool]
+            after = _merged_facts([e for e in ends if e])
             if after:
                 by_variant[name]["facts"]["after_run"] = after
     result.seconds = time.perf_counter() - started
     return result
 
 
+def _merged_facts(ends: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The end-of-run facts of a variant's workers as one: degraded if any worker's store degraded."""
+    if not ends:
+        return {}
+    merged = dict(ends[0])
+    bad = [e for e in ends if e.get("degraded")]
+    if bad:
+        merged.update(bad[0])
+        merged["degraded_workers"] = len(bad)
+    return merged
+
+
 def _summaries(surface: str, samples: dict[str, list[int]], round_medians: dict[str, list[float]],
                errors: dict[str, str], variants: Sequence[Variant],
-               by_name: dict[str, Variant]) -> dict[str, dict[str, Any]]:
+               by_name: dict[str, Variant], pool_size: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     plain = summarize(samples["plain"]) if samples.get("plain") else None
     for v in variants:
@@ -182,7 +211,10 @@ def _summaries(surface: str, samples: dict[str, list[int]], round_medians: dict[
             out[v.name] = {"unavailable": "variant unavailable"}
         else:
             s: dict[str, Any] = summarize(samples[v.name])
-            s["round_medians_us"] = round_medians[v.name]
+            s["round_medians_us"] = rounds = round_medians[v.name]
+            # Kept round j was served by worker j % pool_size (each worker warmed up once): how far one
+            # interpreter's speed stayed from another's of the same code.
+            s["worker_medians_us"] = [median(rounds[i::pool_size]) for i in range(min(pool_size, len(rounds)))]
             if plain is not None:
                 s["overhead_us"] = s["median_us"] - plain["median_us"]
                 s["overhead_p95_us"] = s["p95_us"] - plain["p95_us"]

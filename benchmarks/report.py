@@ -270,8 +270,10 @@ def _overhead_tables(result: dict[str, Any]) -> list[str]:
     lines += ["", "Surfaces (one unit = one call, or one batch for `async_chat_100`):", ""]
     lines += [f"- `{s}`: {SURFACE_INFO[s][0]}" for s in surfaces if s in SURFACE_INFO]
     counts = oh.get("counts", {})
+    pool = counts.get("workers", 1)
     lines += ["", f"Samples per cell: {counts.get('rounds')} interleaved rounds × per-round units "
-              f"{counts.get('per_round')} (one warm-up round discarded). `n/i` = not instrumented by "
+              f"{counts.get('per_round')}, each variant in {pool} worker process{'es' if pool != 1 else ''} "
+              f"taking turns by round (each worker's first round discarded). `n/i` = not instrumented by "
               "that variant; `n/a` = variant unavailable (see notes)."]
     lines += _ratio_tables(result, surfaces)
     chunk_rows = []

@@ -9,6 +9,7 @@ for results that carry no per-round medians.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import pytest
@@ -190,8 +191,25 @@ def test_summaries_keep_round_medians_of_variants_that_ran() -> None:
     by_name = {v.name: v for v in VARIANTS}
     samples = {"plain": [1000, 1000, 2000], "ours": [1300, 1300, 2600], "ours_budgets": [1250]}
     round_medians = {"plain": [1.0, 2.0], "ours": [1.3, 2.6], "ours_budgets": [1.25]}
-    out = _summaries("chat", samples, round_medians, {"ours_budgets": "boom"}, VARIANTS, by_name)
+    out = _summaries("chat", samples, round_medians, {"ours_budgets": "boom"}, VARIANTS, by_name, 1)
     assert out["plain"]["round_medians_us"] == [1.0, 2.0]
     assert out["ours"]["round_medians_us"] == [1.3, 2.6]
     assert out["ours"]["overhead_us"] == pytest.approx(0.3)  # pooled fields stay
     assert out["ours_budgets"] == {"unavailable": "boom"}
+
+
+def test_each_variant_runs_in_its_own_pool_of_workers_taking_turns_by_round() -> None:
+    """An interpreter's speed stays with it, so a variant's rounds are spread over several processes:
+    each of them warms up once, then they alternate, and each one's median is in the result."""
+    from benchmarks.overhead import Counts, run_overhead
+
+    chosen = [v for v in VARIANTS if v.name in ("plain", "ours")]
+    result = run_overhead(Counts(rounds=4, workers=2, per_round={"chat": 3}), None, None, chosen, log=lambda _: None)
+    assert result.counts["workers"] == result.counts["warmup_rounds"] == 2
+    pids = [v["facts"]["worker_pids"] for v in result.variants]
+    assert all(len(set(p)) == 2 for p in pids) and len({pid for p in pids for pid in p}) == 4
+    for name in ("plain", "ours"):
+        cell = result.surfaces["chat"][name]
+        rounds = cell["round_medians_us"]
+        assert cell["n"] == 4 * 3 and len(rounds) == 4
+        assert cell["worker_medians_us"] == [statistics.median(rounds[0::2]), statistics.median(rounds[1::2])]
