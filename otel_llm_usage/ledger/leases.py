@@ -22,8 +22,9 @@ Background work, on one thread (``otel-llm-usage-leases``), every ``flush_interv
   of need (``lease`` with nothing required);
 * every ``ttl_s`` a lease in use is re-sized (its free part above the low-water mark handed
   back and a fresh share taken in the same step: the part it keeps admits the process's calls
-  while the request is out); one unused for a whole ``ttl_s`` gives its free part back. Calendar windows key their in-flight by window, so the lease of a window that
-  ended goes idle and is returned the same way.
+  while the request is out); one unused for a whole ``ttl_s`` gives its free part back.
+  Calendar windows key their in-flight by window, so the lease of a window that ended goes
+  idle and is returned the same way.
 
 Only a call that its lease cannot cover waits for the store: it hands back the free
 part and asks for at least its own reservation in one step. A process has one lease request
