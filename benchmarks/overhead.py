@@ -125,7 +125,7 @@ class OverheadResult:
 
 def run_overhead(counts: Counts, redis_url: str | None, loopback_url: str | None,
                  variants: Sequence[Variant] = VARIANTS, log: Callable[[str], None] = print) -> OverheadResult:
-    """Start one worker per available variant, interleave rounds, summarize."""
+    """Start ``counts.workers`` workers per available variant, interleave rounds, summarize."""
     started = time.perf_counter()
     pool_size = max(1, counts.workers)
     result = OverheadResult(counts={"rounds": counts.rounds, "warmup_rounds": pool_size, "workers": pool_size,
