@@ -426,12 +426,11 @@ class LeasedCounterStore:
         if not (due or lease.refill or lease.lost):
             return None
         keep = lease.busy and not final
-        release = ZERO
-        if due:
-            # A lease in use keeps what a refill would leave it while the request is out: handing back
-            # all of its free part made every call of a busy process miss until the answer came (on an
-            # event loop each went to an admission thread, elsewhere each waited for the store).
-            release = floor0(lease.free() - lease.low_mark(self.low_water)) if keep else floor0(lease.free())
+        # A lease in use keeps what a refill would leave it while the request is out: handing back all
+        # of its free part made every call of a busy process miss until the answer came (on an event
+        # loop each went to an admission thread, elsewhere each waited for the store).
+        kept = lease.low_mark(self.low_water) if keep else ZERO
+        release = floor0(lease.free() - kept) if due else ZERO
         # A lease still held (calls in flight use it) is renewed even with nothing to hand back:
         # the store takes it from a holder it has not heard from.
         if release == ZERO and not keep and not lease.refill and not lease.lost and \
