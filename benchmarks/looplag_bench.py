@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import resource
 import selectors
 import socket
 import threading
@@ -113,8 +114,9 @@ class _StepTimer:
         #: the plugin's time within each step that had any (see :class:`_PluginClock`)
         self.plugin_steps: list[int] = []
         #: the plugin's longest hold of one step, (wall ns, the loop thread's CPU ns in it, wall ns by
-        #: method): CPU well below wall means the hold was mostly waiting (for the GIL, or the OS)
-        self.plugin_longest: tuple[int, int, dict[str, int]] = (0, 0, {})
+        #: method, the loop thread's (voluntary, involuntary) context switches in it): CPU well below
+        #: wall means the hold was mostly waiting (for the GIL, the OS, or the machine)
+        self.plugin_longest: tuple[int, int, dict[str, int], tuple[int, int]] = (0, 0, {}, (0, 0))
         self.plugin = plugin
         self.recording = False
         #: the longest steps, (wall ns, the plugin's ns in it, what ran), longest first
@@ -143,11 +145,11 @@ class _StepTimer:
                 cpu.append(thread_clock() - c0)
                 wall = clock() - t0
                 steps.append(wall)
-                ours, ours_cpu, by = plugin.take() if plugin is not None else (0, 0, {})
+                ours, ours_cpu, by, switches = plugin.take() if plugin is not None else (0, 0, {}, (0, 0))
                 if ours:
                     plugin_steps.append(ours)
                     if ours > timer.plugin_longest[0]:
-                        timer.plugin_longest = (ours, ours_cpu, by)
+                        timer.plugin_longest = (ours, ours_cpu, by, switches)
                 if len(timer.longest) < _LONGEST or wall > timer.longest[-1][0]:
                     timer._note(wall, ours, handle)
 
@@ -165,13 +167,17 @@ class _PluginClock:
     pipeline's slices. A step's wall time minus this is the SDK's and the host's: so a long step
     the SDK made long is not counted as the plugin's stall, and a long hold of the plugin's is.
 
-    It wraps those three methods of the live classes with a timer (about 1 µs each, counted as the
+    It wraps those three methods of the live classes with a timer (about 2 µs each, counted as the
     plugin's); work of the plugin outside them on the loop (two context-variable writes a call) is not
-    counted."""
+    counted. The timer also counts the loop thread's context switches in them (``getrusage`` of the
+    thread): voluntary ones are waits (for the GIL another thread of the process holds, or a lock),
+    involuntary ones are the kernel running something else on that core. A hold whose wall time is
+    well over its CPU time with neither is one the thread did not see: its virtual CPU was not running."""
 
     def __init__(self) -> None:
         self.in_step = 0
         self.in_step_cpu = 0
+        self.in_step_switches = (0, 0)
         self.by_method: dict[str, int] = {}
         self._undo: list[tuple[type, str, Any]] = []
 
@@ -180,12 +186,14 @@ class _PluginClock:
         from otel_llm_usage.runtime.pipeline import _Deferred
 
         clock, cpu, get_ident, plugin = time.perf_counter_ns, time.thread_time_ns, threading.get_ident, self
+        usage, this_thread = resource.getrusage, resource.RUSAGE_THREAD
         for owner, name in ((CallHandler, "begin"), (CallHandler, "finish_result"), (_Deferred, "loop_slice")):
             original = vars(owner)[name]
 
             def timed(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
                 if get_ident() != loop_thread:
                     return _original(*args, **kwargs)
+                u0 = usage(this_thread)
                 t0, c0 = clock(), cpu()
                 try:
                     return _original(*args, **kwargs)
@@ -193,6 +201,10 @@ class _PluginClock:
                     spent = clock() - t0
                     plugin.in_step += spent
                     plugin.in_step_cpu += cpu() - c0
+                    u1 = usage(this_thread)
+                    voluntary, involuntary = plugin.in_step_switches
+                    plugin.in_step_switches = (voluntary + u1.ru_nvcsw - u0.ru_nvcsw,
+                                               involuntary + u1.ru_nivcsw - u0.ru_nivcsw)
                     plugin.by_method[_name] = plugin.by_method.get(_name, 0) + spent
 
             setattr(owner, name, timed)
@@ -203,11 +215,13 @@ class _PluginClock:
             setattr(owner, name, original)
         self._undo.clear()
 
-    def take(self) -> tuple[int, int, dict[str, int]]:
-        """The plugin's (wall, loop-thread CPU, wall by method) ns since the last take."""
-        spent = self.in_step, self.in_step_cpu, self.by_method
+    def take(self) -> tuple[int, int, dict[str, int], tuple[int, int]]:
+        """The plugin's (wall, loop-thread CPU, wall by method) ns and the loop thread's (voluntary,
+        involuntary) context switches in it since the last take."""
+        spent = self.in_step, self.in_step_cpu, self.by_method, self.in_step_switches
         self.in_step = self.in_step_cpu = 0
         self.by_method = {}
+        self.in_step_switches = (0, 0)
         return spent
 
 
@@ -287,7 +301,9 @@ def run(case: str, redis_url: str | None, seconds: float, concurrency: int,
             "steps_over_1ms": sum(1 for d in timer.steps if d > 1_000_000),
             "plugin_in_step": _lag_summary(timer.plugin_steps),
             "plugin_longest": {"us": timer.plugin_longest[0] / 1e3, "cpu_us": timer.plugin_longest[1] / 1e3,
-                               "by_method_us": {k: v / 1e3 for k, v in timer.plugin_longest[2].items()}},
+                               "by_method_us": {k: v / 1e3 for k, v in timer.plugin_longest[2].items()},
+                               "switches": {"voluntary": timer.plugin_longest[3][0],
+                                            "involuntary": timer.plugin_longest[3][1]}},
             "longest_steps": [{"us": wall / 1e3, "plugin_us": ours / 1e3, "what": what}
                               for wall, ours, what in timer.longest],
             "steps_over_slow_reply": sum(1 for d in timer.steps if d >= SLOW_REPLY_S * 1e9), "facts": facts}
@@ -413,6 +429,7 @@ def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     chosen["runs"] = [{"error": r["error"]} if "error" in r else
                       {"held_max_us": _held_max(r), "cpu_us": r.get("plugin_longest", {}).get("cpu_us"),
                        "by_method_us": r.get("plugin_longest", {}).get("by_method_us"),
+                       "switches": r.get("plugin_longest", {}).get("switches"),
                        "lag_max_us": r["lag"].get("max_us"), "lag_p999_us": r["lag"].get("p999_us"),
                        "step_max_us": r["step"].get("max_us")} for r in runs]
     return chosen

@@ -112,8 +112,16 @@ def _per_run(case: dict[str, Any]) -> str:
     if len(runs) < 2:
         return ""
     return " [runs: " + ", ".join("error" if "error" in r else f"{r['held_max_us'] / 1e3:.2f}"
-                                  + (f" (CPU {r['cpu_us'] / 1e3:.2f})" if r.get("cpu_us") is not None else "")
+                                  + (f" (CPU {r['cpu_us'] / 1e3:.2f}{_switches(r.get('switches'))})"
+                                     if r.get("cpu_us") is not None else "")
                                   for r in runs) + " ms]"
+
+
+def _switches(switches: dict[str, int] | None) -> str:
+    """``, switched out 2 + 0``: the loop thread's voluntary + involuntary context switches in a hold."""
+    if not switches:
+        return ""
+    return f", switched out {switches['voluntary']} + {switches['involuntary']}"
 
 
 def _looplag_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -139,6 +147,9 @@ def _looplag_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if "cpu_us" in hold:
             parts = ", ".join(f"{k} {us / 1e3:.2f}" for k, us in hold.get("by_method_us", {}).items())
             measured += f"; the loop thread's CPU in that hold: {hold['cpu_us'] / 1e3:.2f} ms ({parts} ms)"
+            if hold.get("switches"):
+                measured += (f", its context switches in it: {hold['switches']['voluntary']} voluntary (waits for "
+                             f"the GIL or a lock), {hold['switches']['involuntary']} involuntary")
         if "us" in longest[0]:
             measured += (f"; the longest step of {case}: {longest[0]['us'] / 1e3:.2f} ms, of which the plugin's "
                          f"{longest[0]['plugin_us'] / 1e3:.2f} ms")
@@ -437,7 +448,9 @@ def looplag_lines(looplag: dict[str, Any]) -> list[str]:
               + (f" Each case ran {looplag['runs']} times, one interpreter per run, the cases taking turns; a row is "
                  "the case's median run by the plugin's longest hold (plain: by its longest step), because a stall "
                  "the plugin's code makes recurs in every run and a slow moment of the machine lands in one. "
-                 "Each run's longest hold (the loop thread's CPU in it): "
+                 "Each run's longest hold (the loop thread's CPU in it, and how often the thread was switched "
+                 "out in it, voluntarily (waiting for the GIL or a lock) + by the kernel; wall time well over CPU "
+                 "with neither is time the machine did not run the thread's virtual CPU): "
                  + "; ".join(f"{name} {_per_run(r).strip(' []').removeprefix('runs: ')}"
                              for name, r in cases.items() if name != "plain" and _per_run(r)) + "."
                  if looplag.get("runs", 1) > 1 else ""), ""]

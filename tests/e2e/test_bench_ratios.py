@@ -217,7 +217,8 @@ def test_each_variant_runs_in_its_own_pool_of_workers_taking_turns_by_round() ->
 
 def _looplag_run(held_us: float, cpu_us: float) -> dict[str, Any]:
     return {"plugin_in_step": {"n": 10, "max_us": held_us},
-            "plugin_longest": {"us": held_us, "cpu_us": cpu_us, "by_method_us": {"finish_result": held_us}},
+            "plugin_longest": {"us": held_us, "cpu_us": cpu_us, "by_method_us": {"finish_result": held_us},
+                               "switches": {"voluntary": 2, "involuntary": 0}},
             "lag": {"n": 10, "max_us": held_us + 100, "p999_us": held_us}, "step": {"n": 10, "max_us": held_us + 200}}
 
 
@@ -243,5 +244,6 @@ def test_a_loop_lag_case_reports_its_median_run_and_lists_every_run() -> None:
 
     met, missed = target(once), target(every)
     assert met["met"] is True and "median of 3 runs" in met["name"]
-    assert "[runs: 3.20 (CPU 3.10), 0.60 (CPU 0.50), 0.80 (CPU 0.70) ms]" in met["measured"]
+    assert ("[runs: 3.20 (CPU 3.10, switched out 2 + 0), 0.60 (CPU 0.50, switched out 2 + 0), "
+            "0.80 (CPU 0.70, switched out 2 + 0) ms]") in met["measured"]
     assert missed["met"] is False and missed["measured"].startswith("1.50 ms")
