@@ -106,15 +106,21 @@ def _ratio_target(name: str, r: dict[str, Any], limit: float, base_label: str) -
     return {"name": name, "measured": measured, "met": None if ratio is None else ratio <= limit}
 
 
-def _per_run(case: dict[str, Any]) -> str:
-    """`` [runs: a, b, c ms]``: each run's longest hold (CPU ms), when the case ran more than once."""
+def _run_holds(case: dict[str, Any]) -> str:
+    """``a, b, c ms``: each run's longest hold (its CPU, switches), or ``""`` when the case ran once."""
     runs = case.get("runs") or []
     if len(runs) < 2:
         return ""
-    return " [runs: " + ", ".join("error" if "error" in r else f"{r['held_max_us'] / 1e3:.2f}"
-                                  + (f" (CPU {r['cpu_us'] / 1e3:.2f}{_switches(r.get('switches'))})"
-                                     if r.get("cpu_us") is not None else "")
-                                  for r in runs) + " ms]"
+    return ", ".join("error" if "error" in r else f"{r['held_max_us'] / 1e3:.2f}"
+                     + (f" (CPU {r['cpu_us'] / 1e3:.2f}{_switches(r.get('switches'))})"
+                        if r.get("cpu_us") is not None else "")
+                     for r in runs) + " ms"
+
+
+def _per_run(case: dict[str, Any]) -> str:
+    """`` [runs: a, b, c ms]`` (:func:`_run_holds`), when the case ran more than once."""
+    holds = _run_holds(case)
+    return f" [runs: {holds}]" if holds else ""
 
 
 def _switches(switches: dict[str, int] | None) -> str:
@@ -451,8 +457,8 @@ def looplag_lines(looplag: dict[str, Any]) -> list[str]:
                  "Each run's longest hold (the loop thread's CPU in it, and how often the thread was switched "
                  "out in it, voluntarily (waiting for the GIL or a lock) + by the kernel; wall time well over CPU "
                  "with neither is time the machine did not run the thread's virtual CPU): "
-                 + "; ".join(f"{name} {_per_run(r).strip(' []').removeprefix('runs: ')}"
-                             for name, r in cases.items() if name != "plain" and _per_run(r)) + "."
+                 + "; ".join(f"{name} {holds}" for name, holds in
+                             ((name, _run_holds(r)) for name, r in cases.items() if name != "plain") if holds) + "."
                  if looplag.get("runs", 1) > 1 else ""), ""]
     return lines
 

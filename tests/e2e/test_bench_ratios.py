@@ -219,13 +219,14 @@ def _looplag_run(held_us: float, cpu_us: float) -> dict[str, Any]:
     return {"plugin_in_step": {"n": 10, "max_us": held_us},
             "plugin_longest": {"us": held_us, "cpu_us": cpu_us, "by_method_us": {"finish_result": held_us},
                                "switches": {"voluntary": 2, "involuntary": 0}},
-            "lag": {"n": 10, "max_us": held_us + 100, "p999_us": held_us}, "step": {"n": 10, "max_us": held_us + 200}}
+            "lag": {"n": 10, "max_us": held_us + 100, "p999_us": held_us}, "step": {"n": 10, "max_us": held_us + 200},
+            "calls_per_s": 1000.0}
 
 
 def test_a_loop_lag_case_reports_its_median_run_and_lists_every_run() -> None:
     """One slow moment of the machine in one run is not the case's figure; a stall in every run is."""
     from benchmarks.looplag_bench import median_run
-    from benchmarks.report import _looplag_targets
+    from benchmarks.report import _looplag_targets, looplag_lines
 
     once = median_run([_looplag_run(3200, 3100), _looplag_run(600, 500), _looplag_run(800, 700)])
     assert once["plugin_in_step"]["max_us"] == 800
@@ -238,12 +239,17 @@ def test_a_loop_lag_case_reports_its_median_run_and_lists_every_run() -> None:
     failed = median_run([{"error": "boom"}, _looplag_run(700, 1), _looplag_run(2000, 1)])
     assert failed["plugin_in_step"]["max_us"] == 700 and failed["runs"][0] == {"error": "boom"}
 
+    def looplag(case: dict[str, Any]) -> dict[str, Any]:
+        return {"runs": 3, "cases": {"plain": median_run([_looplag_run(0, 0)]), "ours_budgets": case}}
+
     def target(case: dict[str, Any]) -> dict[str, Any]:
-        result = {"looplag": {"runs": 3, "cases": {"plain": median_run([_looplag_run(0, 0)]), "ours_budgets": case}}}
-        return _looplag_targets(result)[0]
+        return _looplag_targets({"looplag": looplag(case)})[0]
 
     met, missed = target(once), target(every)
     assert met["met"] is True and "median of 3 runs" in met["name"]
     assert ("[runs: 3.20 (CPU 3.10, switched out 2 + 0), 0.60 (CPU 0.50, switched out 2 + 0), "
             "0.80 (CPU 0.70, switched out 2 + 0) ms]") in met["measured"]
     assert missed["met"] is False and missed["measured"].startswith("1.50 ms")
+    notes = looplag_lines({"seconds": 3.0, "concurrency": 100, **looplag(once)})[-2]
+    assert notes.endswith("ours_budgets 3.20 (CPU 3.10, switched out 2 + 0), 0.60 (CPU 0.50, switched out 2 + 0), "
+                          "0.80 (CPU 0.70, switched out 2 + 0) ms."), notes
