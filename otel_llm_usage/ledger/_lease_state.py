@@ -60,9 +60,12 @@ class Lease:
     busy: bool = False  # admitted a call since the last renewal
     refused_until: float = 0.0  # the store said "at the limit" this recently: refuse without asking again
     flight: threading.Event | None = None  # set when the request a thread has in flight with the store ends
-    refill: bool = False  # below the low-water mark: the background thread tops it up
+    refill: bool = False  # below the low-water mark: topped up by the background thread (or an event loop)
     valid_until: float = 0.0  # admit from the lease until then (the store may take it some time after)
     lost: bool = False  # the lease went stale: the next request hands back all the store still holds of it
+    # A request ended without its answer: the store may hold a grant of it this process never saw
+    # (under-admission: others see it as spoken for), handed back with the rest at exit.
+    uncertain: bool = False
     exchanges: int = 0  # requests of this process on the lease's keys the store has not answered yet
     landed: int = 0  # answers taken in so far: a read that saw none land in between saw one state
 
@@ -99,6 +102,7 @@ class LeaseStats:
     refused_locally: int = 0
     would_block: int = 0
     refills: int = 0
+    loop_refills: int = 0  # of ``refills``, those awaited on an event loop
     returns: int = 0
     flushes: int = 0
 

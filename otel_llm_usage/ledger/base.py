@@ -19,7 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..usage import UsageRecord
 
-__all__ = ["INT64_MAX", "NANOS", "Amount", "CounterStore", "Holder", "RecordQuery", "RecordStore", "StoreBusy",
+__all__ = ["INT64_MAX", "NANOS", "Amount", "CounterStore", "Holder", "LoopLeaseStore", "RecordQuery", "RecordStore",
+           "StoreBusy",
            "from_nanos", "no_pause", "saturated", "to_nanos"]
 
 NANOS = Decimal("1e9")
@@ -148,6 +149,27 @@ class CounterStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LoopLeaseStore(Protocol):
+    """A counter store that can also take a lease awaited on an asyncio event loop (Redis), so a
+    refill asked for on the loop's thread needs no other thread's turn at the interpreter."""
+
+    @property
+    def leases_on_loop(self) -> bool:
+        """``lease_on_loop`` works on this store as configured."""
+        ...
+
+    async def lease_on_loop(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount,
+                            share: float, limit: Limit, ttl_s: int | None,
+                            holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
+        """:meth:`CounterStore.lease`, awaited on the running event loop; raises as ``lease`` does."""
+        ...
+
+    async def connect_on_loop(self) -> None:
+        """Make the running loop's connection now, ahead of its first ``lease_on_loop``; raises on a fault."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

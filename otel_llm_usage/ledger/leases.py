@@ -19,7 +19,9 @@ Background work, on one thread (``otel-llm-usage-leases``), every ``flush_interv
   the lease, so the free part is unchanged) and the store's totals are read back for
   the warn/exceeded thresholds;
 * a lease whose free part fell below ``low_water`` of its last grant is refilled ahead
-  of need (``lease`` with nothing required);
+  of need (``lease`` with nothing required). Asked for on an event loop's thread, on a store
+  that can (:class:`~otel_llm_usage.ledger.base.LoopLeaseStore`: Redis), the refill is a task on
+  that loop instead, awaiting the store there (see :meth:`LeasedCounterStore._ask_refill`);
 * every ``ttl_s`` a lease in use is re-sized (its free part above the low-water mark handed
   back and a fresh share taken in the same step: the part it keeps admits the process's calls
   while the request is out); one unused for a whole ``ttl_s`` gives its free part back.
@@ -57,6 +59,7 @@ request hands the whole of it back: it never admits from a lease the store may h
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import weakref
@@ -81,6 +84,36 @@ from .base import Amount, Holder, Limit, saturated
 from .resilient import FailOpenCounterStore, flush_at_exit
 
 __all__ = ["HOLDER_TTL_FACTOR", "LeaseStats", "LeasedCounterStore"]
+
+# A request awaited on an event loop that has not landed after this is taken for stuck (its loop
+# stopped with the task pending): a thread then asks the store beside it instead of waiting on.
+_LOOP_FLIGHT_STUCK_S = 2.0
+
+
+class _LoopFlight(threading.Event):
+    """The flight of a lease request awaited on ``loop``, set when it lands."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.sent = time.monotonic()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _may_wait_for(flight: threading.Event) -> bool:
+    """Whether this thread may wait for ``flight``: not if the request is awaited by the loop this very
+    thread runs (a synchronous call on the loop would wait for itself), nor on a loop that stopped."""
+    if not isinstance(flight, _LoopFlight):
+        return True
+    return (flight.loop is not _running_loop() and flight.loop.is_running()
+            and time.monotonic() - flight.sent < _LOOP_FLIGHT_STUCK_S)
+
 
 class LeasedCounterStore:
     """A :class:`~otel_llm_usage.ledger.base.CounterStore` admitting from local leases on ``store``.
@@ -115,6 +148,8 @@ class LeasedCounterStore:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loop_tasks: set[asyncio.Task[None]] = set()
+        self._loops_prepared: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._closed = False
         self.holder = Holder(holder_id(), HOLDER_TTL_FACTOR * ttl_s)
         reset_after_fork(self)
@@ -153,17 +188,21 @@ class LeasedCounterStore:
                     self.stats.local += 1
                     if not lease.refill and lease.low(self.low_water):
                         lease.refill = True
-                        self._wake.set()
+                        self._ask_refill(inflight_key)
                     return True, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
                 if lease.refused_until > self._clock() and lease.free() == ZERO:
                     self.stats.refused_locally += 1
                     return False, lease.seen_used + lease.unflushed_total, lease.others + lease.inflight
                 if not may_wait():
                     self.stats.would_block += 1
+                    self._prepare_loop()
                     raise WouldBlock(inflight_key)
                 flight = lease.flight
-                if flight is None:  # this thread asks the store; others wait for its answer
-                    flight = self._send(lease)
+                beside = flight is not None and not _may_wait_for(flight)
+                if flight is None or beside:  # this thread asks the store; others wait for its answer
+                    flight = None if beside else self._send(lease)
+                    if beside:
+                        lease.exchanges += 1
                     self.stats.waits += 1
                     release = floor0(lease.free())  # handed back in the same step: our leftovers never count
                     lease.granted -= release
@@ -197,10 +236,11 @@ class LeasedCounterStore:
             return False, used, inflight
 
     @staticmethod
-    def _send(lease: Lease) -> threading.Event:
-        """Start this process's one lease request for ``lease``; the caller holds ``_lock``."""
+    def _send(lease: Lease, loop: asyncio.AbstractEventLoop | None = None) -> threading.Event:
+        """Start this process's one lease request for ``lease`` (awaited on ``loop``, if given); the
+        caller holds ``_lock``."""
         lease.exchanges += 1
-        flight = lease.flight = threading.Event()
+        flight = lease.flight = threading.Event() if loop is None else _LoopFlight(loop)
         return flight
 
     def _land(self, lease: Lease, flight: threading.Event | None = None) -> None:
@@ -211,7 +251,8 @@ class LeasedCounterStore:
         lease.landed += 1
         self._landed.notify_all()
         if flight is not None:
-            lease.flight = None
+            if lease.flight is flight:  # not one a thread started after giving up waiting for this one
+                lease.flight = None
             flight.set()
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
@@ -255,6 +296,10 @@ class LeasedCounterStore:
         if granted != ZERO:
             lease.last_grant = granted
             self.stats.refills += 1
+            # Whoever asked, the grant answers a refill asked for meanwhile; a lease still low asks
+            # again at its next admission. Left set, it waited for the lease thread to clear it, and
+            # beside a busy event loop no admission asked for a refill until then.
+            lease.refill = False
 
     # --- settlement -----------------------------------------------------------------------------
 
@@ -387,13 +432,16 @@ class LeasedCounterStore:
                 if lease is None:
                     return
                 flight = lease.flight
-                if flight is None:
+                beside = flight is not None and not _may_wait_for(flight)
+                if flight is None or beside:
                     request = self._resize_request(key, lease, now, final)
                     if request is None:
                         return
                     # Until its answer is in, a call that misses waits for it rather than asking beside
                     # it: the store counts this grant in flight, and the call would take it for others'.
-                    flight = self._send(lease)
+                    flight = None if beside else self._send(lease)
+                    if beside:
+                        lease.exchanges += 1
                     used_keys, limit, ttl_s = lease.used_keys, lease.limit, lease.ttl_s
                     break
             # A call is asking the store for this lease: what to hand back or top up depends on its answer.
@@ -415,11 +463,83 @@ class LeasedCounterStore:
             if final and lease.idle():
                 self._leases.pop(key, None)
 
+    def _ask_refill(self, key: str) -> None:
+        """Top up the lease of ``key`` ahead of need; the caller holds ``_lock``.
+
+        From an event loop's thread the request is awaited on the loop when the store can do that
+        (Redis): a thread beside a busy loop waits for the interpreter as long as the loop keeps
+        releasing it for a moment only, since each release wakes the waiter and the loop takes it
+        back first. Measured beside 100 concurrent calls: 0.17 s median, up to 0.9 s, from the
+        refill being asked for to the lease thread sending it, while the lease's low-water part
+        lasted ~0.1 s of calls; a fifth of the calls then missed their lease. The lease thread is
+        not woken as well: it would often take the request first and then wait as long for the
+        interpreter to read the answer, with the loop's request held back behind it."""
+        loop = _running_loop()
+        if loop is None or not self.store.leases_on_loop or self._closed:
+            self._wake.set()
+            return
+        self._keep(loop.create_task(self._refill_on_loop(key, loop)))
+
+    def _prepare_loop(self) -> None:
+        """On an event loop's thread, connect the loop's client once, ahead of its first refill: a call
+        on a loop that missed its lease (the loop's first call always does) starts it."""
+        loop = _running_loop()
+        if loop is None or loop in self._loops_prepared or not self.store.leases_on_loop or self._closed:
+            return
+        self._loops_prepared.add(loop)
+        self._keep(loop.create_task(self.store.connect_on_loop()))
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self._loop_tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._loop_tasks.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # our bug: logged once, never the host's
+            internal_error("ledger.leases.loop", exc)
+
+    async def _refill_on_loop(self, key: str, loop: asyncio.AbstractEventLoop) -> None:
+        """One refill of ``key``'s lease, awaited on ``loop``; the lease thread does what this cannot:
+        a renewal or hand-back that is due, a lease gone stale, a store that did not answer."""
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None or lease.flight is not None:  # gone, or a request is on its way already
+                return
+            now = self._clock()
+            if now >= lease.renew_at or lease.lost or (lease.granted != ZERO and now >= lease.valid_until):
+                self._wake.set()
+                return
+            request = self._resize_request(key, lease, now, final=False)  # hands nothing back: not due
+            if request is None:
+                return
+            release, share = request
+            flight = self._send(lease, loop)
+            used_keys, limit, ttl_s = lease.used_keys, lease.limit, lease.ttl_s
+        answer = None
+        sent_at = self._clock()
+        try:
+            answer = await self.store.lease_on_loop(list(used_keys), key, ZERO, release, share, limit, ttl_s,
+                                                    self.holder)
+        finally:  # a cancelled task too: the request ends here, and the lease thread asks instead
+            with self._lock:
+                self._land(lease, flight)
+                if answer is None:  # no answer (a fault, the loop closing): the store may have granted
+                    lease.uncertain = True
+                    lease.refill = True
+                    self._wake.set()
+                else:
+                    self._seen(lease, answer[1], answer[2], answer[0], sent_at)
+                    self.stats.loop_refills += 1
+
     def _resize_request(self, key: str, lease: Lease, now: float, final: bool) -> tuple[Amount, float] | None:
         """What to hand back and what share to ask for, the lease updated as if it were sent; ``None``
         when there is nothing to ask the store. The caller holds ``_lock``."""
         if lease.granted != ZERO and now >= lease.valid_until:
             self._lose(lease)
+        if final and lease.uncertain and lease.inflight == ZERO:
+            lease.lost = True  # hand back all the store holds of this lease, the unseen grant included
+            lease.uncertain = False
         if lease.refill and not lease.low(self.low_water):
             lease.refill = False  # an answer that landed since the call asked for it covered it
         due = final or now >= lease.renew_at
@@ -469,6 +589,7 @@ class LeasedCounterStore:
         self._stop = threading.Event()
         self._thread = None
         self._leases = {}
+        self._loop_tasks, self._loops_prepared = set(), weakref.WeakSet()  # the parent's loops
         self.holder = Holder(holder_id(), self.holder.ttl_s)  # the parent's leases are the parent's
 
     def close(self) -> None:

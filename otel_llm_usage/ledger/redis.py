@@ -45,6 +45,10 @@ Python are exact integers regardless.
 Connections use short timeouts and no client-side retries, so an unreachable Redis fails fast
 and :class:`~otel_llm_usage.ledger.resilient.FailOpenCounterStore` can answer locally.
 
+A lease refill asked for on an asyncio event loop is awaited there
+(:meth:`RedisCounterStore.lease_on_loop`): one ``redis.asyncio`` client per loop, with the same
+timeouts, closed when the loop shuts down its asynchronous generators (``asyncio.run`` does).
+
 Fork: nothing to do here. redis-py's ``ConnectionPool`` compares ``os.getpid()`` with the pid
 that created it on every checkout and, in a forked child, drops the inherited sockets (without
 shutting them down: they are still the parent's) and connects afresh; the registered scripts
@@ -53,8 +57,10 @@ are plain SHA1s and stay valid. ``tests/e2e/test_scale_out.py`` checks it with a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -82,51 +88,63 @@ def _import_redis() -> Any:
 
 
 def _connect(url: str, socket_timeout: float, prefix: str | None,
-             client: redis_lib.Redis | None) -> tuple[redis_lib.Redis, str]:
-    """The client to use and the key prefix: explicit arguments win over the URL's ``?prefix=``."""
+             client: redis_lib.Redis | None) -> tuple[redis_lib.Redis, str, Callable[[], Any] | None]:
+    """The client to use, the key prefix (explicit arguments win over the URL's ``?prefix=``) and what
+    makes its ``redis.asyncio`` twin (``None`` for a client given ready-made: its twin is unknown)."""
+    make_async = None
     if client is None:
-        client, url_prefix = _client(url, socket_timeout)
+        client, url_prefix, make_async = _client(url, socket_timeout)
         prefix = prefix if prefix is not None else url_prefix
     prefix = prefix if prefix is not None else DEFAULT_PREFIX
     if ("{" in prefix or "}" in prefix) and _is_cluster(client):
         # A key's slot is that of its first {...}: a brace in the prefix would put every key of every
         # budget in one slot, or split one budget instance's keys over several and break its scripts.
         raise ConfigError(f"a Redis Cluster key prefix cannot contain {{ or }}, not {prefix!r}")
-    return client, prefix
+    return client, prefix, make_async
 
 
 def _is_cluster(client: Any) -> bool:
     return not isinstance(client, _import_redis().Redis)  # a RedisCluster, or the lazy one below
 
 
-def _client(url: str, socket_timeout: float) -> tuple[redis_lib.Redis, str | None]:
-    """A client for ``url`` (its ``?prefix=`` taken out and returned), failing fast instead of retrying."""
+def _client(url: str, socket_timeout: float) -> tuple[redis_lib.Redis, str | None, Callable[[], Any]]:
+    """A client for ``url`` (its ``?prefix=`` taken out and returned), failing fast instead of retrying,
+    and what makes the same client in ``redis.asyncio`` (for one event loop: its connections are the loop's)."""
     redis = _import_redis()
     parts = urlsplit(url)
     params = parse_qsl(parts.query, keep_blank_values=True)
     prefix = next((v for k, v in params if k == "prefix"), None)
+    from redis import asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     # redis-py's default is ten retries with backoff (seconds of blocking); the caller degrades instead.
     # On a cluster this is the client's retry; its per-node connections never retry.
-    fail_fast: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
-                                 "retry": Retry(NoBackoff(), 0)}
+    timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout}
+    fail_fast: dict[str, Any] = {**timeouts, "retry": Retry(NoBackoff(), 0)}
+    fail_fast_async: dict[str, Any] = {**timeouts, "retry": AsyncRetry(NoBackoff(), 0)}
     if parts.scheme.lower() != "redis+cluster":
         clean = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in params if k != "prefix"])))
-        return redis.Redis.from_url(clean, **fail_fast), prefix
+        return (redis.Redis.from_url(clean, **fail_fast), prefix,
+                lambda: aredis.Redis.from_url(clean, **fail_fast_async))
     problem = ledger_url_problem(url)
     if problem is not None:
         raise ConfigError(f"ledger {url!r}: {problem}")
     from redis import cluster
+    from redis.asyncio import cluster as acluster
 
     credentials, _, hosts = parts.netloc.rpartition("@")
     user, _, password = credentials.partition(":")
+    addresses = [(host.strip("[]"), int(port)) for host, _, port in (n.rpartition(":") for n in hosts.split(","))]
+    auth: dict[str, Any] = {"username": unquote(user) or None, "password": unquote(password) or None}
     node: Any = cluster.ClusterNode  # untyped in redis-py
-    nodes = [node(host.strip("[]"), int(port)) for host, _, port in (n.rpartition(":") for n in hosts.split(","))]
+    anode: Any = acluster.ClusterNode
     client: Any = _LazyCluster(lambda: cluster.RedisCluster(
-        startup_nodes=nodes, username=unquote(user) or None, password=unquote(password) or None, **fail_fast))
-    return client, prefix
+        startup_nodes=[node(h, p) for h, p in addresses], **auth, **fail_fast))
+    # The asyncio cluster fetches its slot map on its first command, so it is made as it is.
+    return client, prefix, lambda: acluster.RedisCluster(
+        startup_nodes=[anode(h, p) for h, p in addresses], **auth, **fail_fast_async)
 
 
 class _LazyCluster:
@@ -180,6 +198,24 @@ def _amounts(raw: Sequence[bytes | str]) -> list[Amount]:
     return [Amount(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
 
 
+async def _closed_with_loop(client: Any) -> AsyncIterator[None]:
+    """Closes ``client`` when its event loop shuts down: a loop closes the asynchronous generators it
+    has seen (``asyncio.run`` does, through ``loop.shutdown_asyncgens``), and no other hook tells a
+    library that a loop it does not own is ending. Its sockets would otherwise be left to the
+    garbage collector (``ResourceWarning: unclosed transport``)."""
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _lease_answer(reply: Sequence[Any]) -> tuple[Amount, Amount, Amount]:
+    """(granted, used, in flight before the grant) from the ``LEASE`` script's reply."""
+    granted_c, granted_t, raw = reply
+    amounts = _amounts(raw)
+    return Amount(int(granted_c), int(granted_t)), sum(amounts[:-1], Amount()), amounts[-1]
+
+
 class RedisCounterStore:
     """:class:`~otel_llm_usage.ledger.base.CounterStore` on Redis; behaves like ``MemoryCounterStore``
     (TTLs in whole seconds, as Redis keeps them)."""
@@ -189,8 +225,9 @@ class RedisCounterStore:
 
     def __init__(self, url: str = "redis://localhost:6379/0", *, prefix: str | None = None,
                  socket_timeout: float = 0.5, client: redis_lib.Redis | None = None) -> None:
-        client, self._prefix = _connect(url, socket_timeout, prefix, client)
+        client, self._prefix, self._make_async = _connect(url, socket_timeout, prefix, client)
         self._redis = client
+        self._loop_leases: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._try_reserve = client.register_script(lua.TRY_RESERVE)
         self._settle = client.register_script(lua.SETTLE)
         self._add = client.register_script(lua.ADD)
@@ -215,12 +252,47 @@ class RedisCounterStore:
 
     def lease(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount, share: float,
               limit: Limit, ttl_s: int | None, holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
+        keys, args = self._lease_request(used_keys, inflight_key, need, release, share, limit, ttl_s, holder)
+        return _lease_answer(self._lease(keys, args))
+
+    @property
+    def leases_on_loop(self) -> bool:
+        """:meth:`lease_on_loop` works here: the store was opened from a URL, so it can make its
+        ``redis.asyncio`` client (a client passed in ready-made has no known asyncio twin)."""
+        return self._make_async is not None
+
+    async def lease_on_loop(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount,
+                            share: float, limit: Limit, ttl_s: int | None,
+                            holder: Holder | None = None) -> tuple[Amount, Amount, Amount]:
+        """:meth:`lease`, awaited on the running event loop (one ``redis.asyncio`` client per loop): the
+        same script, so the two kinds of request interleave as any two requests of the fleet do."""
+        script = (await self._on_loop())[1]
+        keys, args = self._lease_request(used_keys, inflight_key, need, release, share, limit, ttl_s, holder)
+        return _lease_answer(await script(keys=keys, args=args))
+
+    async def connect_on_loop(self) -> None:
+        """Connect the running loop's client ahead of its first lease: on a loop whose turns are long,
+        connecting took three or four of them, and the first refill came too late for the lease."""
+        await (await self._on_loop())[0].ping()
+
+    async def _on_loop(self) -> tuple[Any, Any]:
+        """The running loop's ``redis.asyncio`` client and its ``LEASE`` script, made on first use."""
+        loop = asyncio.get_running_loop()
+        on_loop = self._loop_leases.get(loop)
+        if on_loop is None:
+            assert self._make_async is not None, "leases_on_loop is False"
+            client = self._make_async()
+            closer = _closed_with_loop(client)
+            await closer.__anext__()  # iterated on the loop: the loop now tracks it (see _closed_with_loop)
+            on_loop = self._loop_leases[loop] = (client, client.register_script(lua.LEASE), closer)
+        return on_loop[0], on_loop[1]
+
+    def _lease_request(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount,
+                       share: float, limit: Limit, ttl_s: int | None,
+                       holder: Holder | None) -> tuple[list[str], list[Any]]:
         keys = [self._key(k) for k in (*used_keys, inflight_key)] + [self._holders_key(inflight_key)]
-        granted_c, granted_t, raw = self._lease(
-            keys, [*_args(need, release), repr(float(share)), _limit(limit.cost_nanos), _limit(limit.tokens),
-                   _ttl(ttl_s), *_holder(holder)])
-        amounts = _amounts(raw)
-        return Amount(int(granted_c), int(granted_t)), sum(amounts[:-1], Amount()), amounts[-1]
+        return keys, [*_args(need, release), repr(float(share)), _limit(limit.cost_nanos), _limit(limit.tokens),
+                      _ttl(ttl_s), *_holder(holder)]
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None, holder: Holder | None = None) -> None:
@@ -273,7 +345,7 @@ class RedisRecordStore:
 
     def __init__(self, url: str = "redis://localhost:6379/0", *, prefix: str | None = None,
                  socket_timeout: float = 5.0, client: redis_lib.Redis | None = None) -> None:
-        self._redis, prefix = _connect(url, socket_timeout, prefix, client)
+        self._redis, prefix, _ = _connect(url, socket_timeout, prefix, client)
         self._key = f"{prefix}records"
         key = self._key.encode()
         self._key_bulk = b"$%d\r\n%b\r\n" % (len(key), key)

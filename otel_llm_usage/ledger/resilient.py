@@ -54,7 +54,7 @@ from .._blocking import may_wait, waiting_for_admission
 from .._fork import reset_after_fork
 from .._guard import internal_error
 from ._outage import Baseline, LocalReservations
-from .base import Amount, CounterStore, Holder, Limit, StoreBusy
+from .base import Amount, CounterStore, Holder, Limit, LoopLeaseStore, StoreBusy
 from .memory import MemoryCounterStore
 
 __all__ = ["FailOpenCounterStore"]
@@ -62,7 +62,6 @@ __all__ = ["FailOpenCounterStore"]
 logger = logging.getLogger("otel_llm_usage.ledger")
 
 T = TypeVar("T")
-# (bucket key, inflight key or None for plain adds) → [reserved, actual, ttl]
 # (bucket, in-flight key or None for a plain add, the lease holder it releases from) -> (reserved, actual, ttl)
 _Pending = dict[tuple[str, str | None, Holder | None], tuple[Amount, Amount, int | None]]
 
@@ -92,6 +91,7 @@ class FailOpenCounterStore:
                  probe_interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
                  on_degraded: Callable[[str], None] | None = None, baseline_size: int = 10_000) -> None:
         self.primary = primary
+        self._loop_primary = primary if isinstance(primary, LoopLeaseStore) and primary.leases_on_loop else None
         self.shared = primary.shared
         self.counts_locally = primary.counts_locally
         self.fallback: CounterStore = fallback if fallback is not None else MemoryCounterStore()
@@ -167,6 +167,35 @@ class FailOpenCounterStore:
         if granted != Amount():
             self._local.hold(inflight_key, granted)
         return granted, used + base_used, inflight + base_inflight
+
+    @property
+    def leases_on_loop(self) -> bool:
+        """:meth:`lease_on_loop` may be awaited now: the primary leases on an event loop and is up."""
+        return self._loop_primary is not None and not self._down
+
+    async def lease_on_loop(self, used_keys: Sequence[str], inflight_key: str, need: Amount, release: Amount,
+                            share: float, limit: Limit, ttl_s: int | None,
+                            holder: Holder | None = None) -> tuple[Amount, Amount, Amount] | None:
+        """:meth:`lease` from the primary, awaited on the running event loop; ``None`` when the primary
+        did not answer. Nothing is answered locally here: the store is marked down as a failed
+        :meth:`lease` marks it, and the caller asks again through :meth:`lease`, which answers locally."""
+        assert self._loop_primary is not None, "leases_on_loop is False"
+        try:
+            answer = await self._loop_primary.lease_on_loop(used_keys, inflight_key, need, release, share, limit,
+                                                            ttl_s, holder)
+        except Exception as exc:  # any primary fault degrades, none reaches the host
+            self._fail(exc)
+            return None
+        granted, used, inflight = answer
+        self._baseline.remember((tuple(used_keys), inflight_key), used, inflight + granted)
+        return answer
+
+    async def connect_on_loop(self) -> None:
+        """Connect the primary on the running event loop ahead of need; a fault is left for the first
+        request to meet (and degrade on)."""
+        assert self._loop_primary is not None, "leases_on_loop is False"
+        with contextlib.suppress(Exception):
+            await self._loop_primary.connect_on_loop()
 
     def settle(self, bucket_key: str, inflight_key: str, reserved: Amount, actual: Amount,
                ttl_s: int | None, holder: Holder | None = None) -> None:
