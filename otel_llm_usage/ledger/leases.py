@@ -529,8 +529,10 @@ class LeasedCounterStore:
                     lease.refill = True
                     self._wake.set()
                 else:
-                    self._seen(lease, answer[1], answer[2], answer[0], sent_at)
-                    self.stats.loop_refills += 1
+                    granted, used, inflight = answer
+                    self._seen(lease, used, inflight, granted, sent_at)
+                    if granted != ZERO:
+                        self.stats.loop_refills += 1
 
     def _resize_request(self, key: str, lease: Lease, now: float, final: bool) -> tuple[Amount, float] | None:
         """What to hand back and what share to ask for, the lease updated as if it were sent; ``None``
