@@ -198,11 +198,8 @@ class LeasedCounterStore:
                     self._prepare_loop()
                     raise WouldBlock(inflight_key)
                 flight = lease.flight
-                beside = flight is not None and not _may_wait_for(flight)
-                if flight is None or beside:  # this thread asks the store; others wait for its answer
-                    flight = None if beside else self._send(lease)
-                    if beside:
-                        lease.exchanges += 1
+                if flight is None or not _may_wait_for(flight):  # this thread asks; others wait for its answer
+                    flight = self._start(lease)
                     self.stats.waits += 1
                     release = floor0(lease.free())  # handed back in the same step: our leftovers never count
                     lease.granted -= release
@@ -242,6 +239,15 @@ class LeasedCounterStore:
         lease.exchanges += 1
         flight = lease.flight = threading.Event() if loop is None else _LoopFlight(loop)
         return flight
+
+    def _start(self, lease: Lease) -> threading.Event | None:
+        """Start this thread's request for ``lease``: the lease's one flight, or, beside a request this
+        thread may not wait for (see :func:`_may_wait_for`), an exchange of its own with no flight
+        (``None``). The caller holds ``_lock``."""
+        if lease.flight is None:
+            return self._send(lease)
+        lease.exchanges += 1
+        return None
 
     def _land(self, lease: Lease, flight: threading.Event | None = None) -> None:
         """End a request of this process for ``lease`` (its lease request if ``flight``); the caller
@@ -432,16 +438,13 @@ class LeasedCounterStore:
                 if lease is None:
                     return
                 flight = lease.flight
-                beside = flight is not None and not _may_wait_for(flight)
-                if flight is None or beside:
+                if flight is None or not _may_wait_for(flight):
                     request = self._resize_request(key, lease, now, final)
                     if request is None:
                         return
                     # Until its answer is in, a call that misses waits for it rather than asking beside
                     # it: the store counts this grant in flight, and the call would take it for others'.
-                    flight = None if beside else self._send(lease)
-                    if beside:
-                        lease.exchanges += 1
+                    flight = self._start(lease)
                     used_keys, limit, ttl_s = lease.used_keys, lease.limit, lease.ttl_s
                     break
             # A call is asking the store for this lease: what to hand back or top up depends on its answer.
