@@ -146,6 +146,8 @@ class _StepTimer:
                 wall = clock() - t0
                 steps.append(wall)
                 ours, ours_cpu, by, switches = plugin.take() if plugin is not None else (0, 0, {}, (0, 0))
+                if plugin is not None and not ours and plugin.owns(handle):
+                    ours, ours_cpu, by = wall, cpu[-1], {"lease_task": wall}  # the whole step is ours
                 if ours:
                     plugin_steps.append(ours)
                     if ours > timer.plugin_longest[0]:
@@ -164,10 +166,12 @@ class _PluginClock:
     """The plugin's own time on the loop thread, per step: the call lifecycle's work before the SDK
     call (attribution, the budget's admission, the span) and after it (reading the response, the
     span's end, pricing, the record's submission and any share of the queue done there), and the
-    pipeline's slices. A step's wall time minus this is the SDK's and the host's: so a long step
-    the SDK made long is not counted as the plugin's stall, and a long hold of the plugin's is.
+    pipeline's slices and shares, and every step of a task the plugin runs on the loop (a lease
+    refill awaiting Redis, the loop's connection to it). A step's wall time minus this is the SDK's
+    and the host's: so a long step the SDK made long is not counted as the plugin's stall, and a
+    long hold of the plugin's is.
 
-    It wraps those three methods of the live classes with a timer (about 1 µs each, counted as the
+    It wraps those four methods of the live classes with a timer (about 1 µs each, counted as the
     plugin's); work of the plugin outside them on the loop (two context-variable writes a call) is not
     counted. The timer also counts the loop thread's context switches in them (``getrusage`` of the
     thread, read just outside the timed part: ~0.6 µs a read, counted in the step, not the plugin):
@@ -181,14 +185,22 @@ class _PluginClock:
         self.in_step_switches = (0, 0)
         self.by_method: dict[str, int] = {}
         self._undo: list[tuple[type, str, Any]] = []
+        self._task_codes: set[Any] = set()
 
     def install(self, loop_thread: int) -> None:
         from otel_llm_usage.instrumentation.lifecycle import CallHandler
+        from otel_llm_usage.ledger.leases import LeasedCounterStore
+        from otel_llm_usage.ledger.redis import RedisCounterStore
+        from otel_llm_usage.ledger.resilient import FailOpenCounterStore
         from otel_llm_usage.runtime.pipeline import _Deferred
+
+        self._task_codes = {LeasedCounterStore._refill_on_loop.__code__, RedisCounterStore.connect_on_loop.__code__,
+                            FailOpenCounterStore.connect_on_loop.__code__}
 
         clock, cpu, get_ident, plugin = time.perf_counter_ns, time.thread_time_ns, threading.get_ident, self
         usage, this_thread = resource.getrusage, resource.RUSAGE_THREAD
-        for owner, name in ((CallHandler, "begin"), (CallHandler, "finish_result"), (_Deferred, "loop_slice")):
+        for owner, name in ((CallHandler, "begin"), (CallHandler, "finish_result"), (_Deferred, "loop_slice"),
+                             (_Deferred, "loop_share")):
             original = vars(owner)[name]
 
             def timed(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
@@ -210,6 +222,14 @@ class _PluginClock:
 
             setattr(owner, name, timed)
             self._undo.append((owner, name, original))
+
+    def owns(self, handle: asyncio.Handle) -> bool:
+        """Whether ``handle`` is a step of a task the plugin started on the loop (a lease refill, the
+        loop's Redis connection): none of such a step is the host's."""
+        task = getattr(getattr(handle, "_callback", None), "__self__", None)
+        if not isinstance(task, asyncio.Task):
+            return False
+        return getattr(task.get_coro(), "cr_code", None) in self._task_codes
 
     def uninstall(self) -> None:
         for owner, name, original in reversed(self._undo):

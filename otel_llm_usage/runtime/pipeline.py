@@ -34,10 +34,10 @@ the loop is the loop's own time, spent when the loop gets to it. The slices run 
 run the host's callbacks, raises ``WouldBlock`` before doing anything, and the record goes on
 from that stage on the worker (every record after it too, so the order holds). One slice a
 loop turn does not keep up with a busy loop, whose turns are long: past :data:`_LOOP_BACKLOG`
-queued records each call submitted on the loop processes two (its own share and one more)
-where it submits them, the same way. The worker stays the fallback: it drains what a loop left
-behind when no slice ran for ``idle_wait`` (a loop closed with a slice scheduled, or held by
-the host).
+queued records each call submitted on the loop schedules a step of two records (its own share
+and one more) beside the regular slice, not in its own step, which is the host's. The worker
+stays the fallback: it drains what a loop left behind when no slice ran for ``idle_wait`` (a
+loop closed with a slice scheduled, or held by the host).
 
 Budgets also get a say *before* a call (:meth:`Pipeline.before_call`): they
 may raise :class:`~otel_llm_usage.errors.BudgetExceeded` or return a cheaper
@@ -166,9 +166,10 @@ class _Deferred:
         if loop is not None and not self.resumed and len(self.pending) <= _MAX_PENDING:
             if len(self.pending) > _LOOP_BACKLOG:
                 # One slice a turn does not keep up with a busy loop (100 tasks whose steps each cost
-                # the SDK's work left 1 000 records queued): this call does its share here, on the loop,
-                # outside its own context as a slice is (the records are not this call's).
-                contextvars.Context().run(self.run_on_loop, _SHARE)
+                # the SDK's work left 1 000 records queued): each call past the backlog schedules its
+                # share as a step of its own. Not done in the call's step: that step is the host's,
+                # and two records more in it were the loop's longest holds (~0.2 ms each time).
+                loop.call_soon(self.loop_share, loop, context=contextvars.Context())
             self.carry_on(loop)
             if self.thread is None:
                 self.start()  # the fallback for what a loop leaves behind
@@ -209,6 +210,16 @@ class _Deferred:
             self.loops.add(loop)
             loop.call_later(_LOCKED_RETRY_S, self.loop_slice, loop, context=contextvars.Context())
             return
+        self.carry_on(loop)
+
+    def loop_share(self, loop: AbstractEventLoop) -> None:
+        """A busy loop's extra step: at most :data:`_SHARE` queued records (a drain elsewhere, holding the
+        queue, takes them along instead), then what ``carry_on`` says."""
+        self.loop_slices += 1
+        if self.stopped.is_set():
+            return
+        if not self.resumed:
+            self.run_on_loop(_SHARE)
         self.carry_on(loop)
 
     def carry_on(self, loop: AbstractEventLoop) -> None:
