@@ -64,7 +64,8 @@ class Lease:
     valid_until: float = 0.0  # admit from the lease until then (the store may take it some time after)
     lost: bool = False  # the lease went stale: the next request hands back all the store still holds of it
     # A request ended without its answer: the store may hold a grant of it this process never saw
-    # (under-admission: others see it as spoken for), handed back with the rest at exit.
+    # (under-admission: others see it as spoken for), handed back with the rest at the first quiet
+    # renewal (nothing in flight, nothing admitted since the renewal before) or at exit.
     uncertain: bool = False
     exchanges: int = 0  # requests of this process on the lease's keys the store has not answered yet
     landed: int = 0  # answers taken in so far: a read that saw none land in between saw one state

@@ -542,12 +542,16 @@ class LeasedCounterStore:
         when there is nothing to ask the store. The caller holds ``_lock``."""
         if lease.granted != ZERO and now >= lease.valid_until:
             self._lose(lease)
-        if final and lease.uncertain and lease.inflight == ZERO:
-            lease.lost = True  # hand back all the store holds of this lease, the unseen grant included
+        due = final or now >= lease.renew_at
+        quiet = due and not lease.busy and lease.unflushed_total == ZERO
+        if lease.uncertain and lease.inflight == ZERO and (final or quiet):
+            # Hand back all the store holds of this lease, the unseen grant included: at exit, or at a
+            # renewal with no call in flight, none admitted since the last and no usage left to write
+            # (the lease keeps nothing then), so a process that lives on does not hold it until exit.
+            lease.lost = True
             lease.uncertain = False
         if lease.refill and not lease.low(self.low_water):
             lease.refill = False  # an answer that landed since the call asked for it covered it
-        due = final or now >= lease.renew_at
         if not (due or lease.refill or lease.lost):
             return None
         keep = lease.busy and not final
