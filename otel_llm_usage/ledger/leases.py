@@ -503,17 +503,21 @@ class LeasedCounterStore:
             internal_error("ledger.leases.loop", exc)
 
     async def _refill_on_loop(self, key: str, loop: asyncio.AbstractEventLoop) -> None:
-        """One refill of ``key``'s lease, awaited on ``loop``; the lease thread does what this cannot:
-        a renewal or hand-back that is due, a lease gone stale, a store that did not answer."""
+        """One refill of ``key``'s lease, awaited on ``loop``, with its renewal if that is due; the lease
+        thread does what this cannot: a lease gone stale (all the store holds of it goes back), a store
+        that did not answer."""
         with self._lock:
             lease = self._leases.get(key)
             if lease is None or lease.flight is not None:  # gone, or a request is on its way already
                 return
             now = self._clock()
-            if now >= lease.renew_at or lease.lost or (lease.granted != ZERO and now >= lease.valid_until):
+            # A renewal due now goes with the refill: left to the lease thread, which beside a busy
+            # loop gets the interpreter a tenth of a second late, the lease ran dry meanwhile (a run
+            # slower than the renewal interval missed a loop turn of calls).
+            if lease.lost or (lease.granted != ZERO and now >= lease.valid_until):
                 self._wake.set()
                 return
-            request = self._resize_request(key, lease, now, final=False)  # hands nothing back: not due
+            request = self._resize_request(key, lease, now, final=False)
             if request is None:
                 return
             release, share = request
