@@ -538,6 +538,8 @@ class LeasedCounterStore:
                 else:
                     granted, used, inflight = answer
                     self._seen(lease, used, inflight, granted, sent_at)
+                    if release != ZERO:  # a renewal that went with the refill handed part back
+                        self.stats.returns += 1
                     if granted != ZERO:
                         self.stats.loop_refills += 1
 
