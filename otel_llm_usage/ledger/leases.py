@@ -24,7 +24,8 @@ Background work, on one thread (``otel-llm-usage-leases``), every ``flush_interv
   that loop instead, awaiting the store there (see :meth:`LeasedCounterStore._ask_refill`);
 * every ``ttl_s`` a lease in use is re-sized (its free part above the low-water mark handed
   back and a fresh share taken in the same step: the part it keeps admits the process's calls
-  while the request is out); one unused for a whole ``ttl_s`` gives its free part back.
+  while the request is out); one unused for a whole ``ttl_s`` gives its free part back. A
+  re-size due when an event loop asks for a refill goes with that refill, on the loop.
   Calendar windows key their in-flight by window, so the lease of a window that ended goes
   idle and is returned the same way.
 
@@ -63,6 +64,7 @@ import asyncio
 import threading
 import time
 import weakref
+from asyncio.events import _get_running_loop  # the loop of this thread or None, without raising
 from collections.abc import Callable, Sequence
 
 from .._blocking import WouldBlock, may_wait
@@ -99,19 +101,12 @@ class _LoopFlight(threading.Event):
         self.sent = time.monotonic()
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 def _may_wait_for(flight: threading.Event) -> bool:
     """Whether this thread may wait for ``flight``: not if the request is awaited by the loop this very
     thread runs (a synchronous call on the loop would wait for itself), nor on a loop that stopped."""
     if not isinstance(flight, _LoopFlight):
         return True
-    return (flight.loop is not _running_loop() and flight.loop.is_running()
+    return (flight.loop is not _get_running_loop() and flight.loop.is_running()
             and time.monotonic() - flight.sent < _LOOP_FLIGHT_STUCK_S)
 
 
@@ -477,7 +472,7 @@ class LeasedCounterStore:
         lasted ~0.1 s of calls; a fifth of the calls then missed their lease. The lease thread is
         not woken as well: it would often take the request first and then wait as long for the
         interpreter to read the answer, with the loop's request held back behind it."""
-        loop = _running_loop()
+        loop = _get_running_loop()
         if loop is None or not self.store.leases_on_loop or self._closed:
             self._wake.set()
             return
@@ -486,7 +481,7 @@ class LeasedCounterStore:
     def _prepare_loop(self) -> None:
         """On an event loop's thread, connect the loop's client once, ahead of its first refill: a call
         on a loop that missed its lease (the loop's first call always does) starts it."""
-        loop = _running_loop()
+        loop = _get_running_loop()
         if loop is None or loop in self._loops_prepared or not self.store.leases_on_loop or self._closed:
             return
         self._loops_prepared.add(loop)
@@ -531,7 +526,8 @@ class LeasedCounterStore:
         finally:  # a cancelled task too: the request ends here, and the lease thread asks instead
             with self._lock:
                 self._land(lease, flight)
-                if answer is None:  # no answer (a fault, the loop closing): the store may have granted
+                if answer is None:  # no answer (a fault, the loop closing): the store may have granted,
+                    # and kept what a renewal going with the refill handed back
                     lease.uncertain = True
                     lease.refill = True
                     self._wake.set()
